@@ -1,0 +1,87 @@
+"""Labelled text files for simulations and benchmarks.
+
+The simulation reads ``text<TAB>label`` TSV without a header. TREC's ``.label`` files
+(``COARSE:fine question text`` per line, latin-1) convert with::
+
+    python -m backend.al.datasets trec-to-tsv ../shared/data/trec6/train.label runs/trec6/pool.tsv
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import re
+import sys
+from pathlib import Path
+
+_AGNEWS_ESCAPES = re.compile(r" #(\d+);")
+
+
+def clean_text(text: str) -> str:
+    """Undo the corpus's HTML-ish escapes (' #39;' -> "'", backslash line breaks)."""
+    text = _AGNEWS_ESCAPES.sub(lambda m: html.unescape(f"&#{m.group(1)};"), text)
+    return html.unescape(text.replace("\\", " ")).strip()
+
+
+def load_tsv(path: str | Path) -> tuple[list[str], list[str]]:
+    """(texts, labels) from a text<TAB>label file; raises ValueError naming a bad line."""
+    texts, labels = [], []
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            line = line.rstrip("\n")
+            if not line.strip():
+                continue
+            text, sep, label = line.rpartition("\t")
+            if not sep or not text.strip() or not label.strip():
+                raise ValueError(f"{path}:{number}: expected 'text<TAB>label'")
+            texts.append(clean_text(text))
+            labels.append(label.strip())
+    if not texts:
+        raise ValueError(f"{path}: no rows")
+    return texts, labels
+
+
+def load_trec(path: str | Path) -> tuple[list[str], list[str]]:
+    """(texts, coarse labels) from a TREC question-classification file (latin-1)."""
+    texts, labels = [], []
+    with open(path, encoding="latin-1") as f:
+        for number, line in enumerate(f, 1):
+            line = line.strip()
+            if not line:
+                continue
+            tag, _, text = line.partition(" ")
+            coarse, colon, _ = tag.partition(":")
+            if not colon or not text:
+                raise ValueError(f"{path}:{number}: expected 'COARSE:fine question text'")
+            texts.append(text.strip())
+            labels.append(coarse)
+    return texts, labels
+
+
+def write_tsv(path: str | Path, texts: list[str], labels: list[str]) -> None:
+    """Write text<TAB>label rows (tabs and newlines inside texts become spaces)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        for text, label in zip(texts, labels):
+            f.write(f"{' '.join(text.split())}\t{label}\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m backend.al.datasets", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    trec = sub.add_parser("trec-to-tsv", help="convert a TREC .label file to text<TAB>label TSV")
+    trec.add_argument("source")
+    trec.add_argument("target")
+    args = parser.parse_args(argv)
+    try:
+        texts, labels = load_trec(args.source)
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    write_tsv(args.target, texts, labels)
+    print(f"wrote {len(texts)} rows, {len(set(labels))} classes to {args.target}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

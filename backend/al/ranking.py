@@ -1,0 +1,183 @@
+"""Turn acquisition values into a priority order over the whole pool.
+
+Three settings shape the order beyond plain "most informative first":
+
+- **stochastic batch acquisition** (``power_beta > 0``): sample the order without
+  replacement with probability proportional to ``value ** beta`` (PowerBALD /
+  power-entropy, Kirsch et al. 2023, "Stochastic Batch Acquisition: A Simple
+  Baseline for Deep Active Learning"), done exactly with Gumbel-top-k;
+- **diversity** (``clusters > 0``): k-means over the embeddings, then each window
+  of the order is interleaved round-robin across clusters, so a run of near-duplicates
+  is spread out;
+- **exploration** (``exploration > 0``): that share of the positions, evenly spaced,
+  holds uniformly random items, marked in ``explored``, so the labelled set keeps
+  seeing the production distribution.
+
+Scores are ranks scaled to [0, 1]: **lower = label sooner**, matching Label Studio's
+"Uncertainty sampling", which serves the lowest prediction score first.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def scores_from_order(order: torch.Tensor) -> torch.Tensor:
+    """Priority score per item from an order. order (N,) -> scores (N,) in [0, 1], order[0] gets 0."""
+    n = order.numel()
+    scores = torch.empty(n, dtype=torch.float32)
+    scores[order] = torch.arange(n, dtype=torch.float32) / max(n - 1, 1)
+    return scores
+
+
+def greedy_order(values: torch.Tensor) -> torch.Tensor:
+    """Indices by descending value, ties by ascending index. (N,) -> (N,)."""
+    _, order = torch.sort(-values.double(), stable=True)
+    return order
+
+
+def power_order(values: torch.Tensor, beta: float, generator: torch.Generator) -> torch.Tensor:
+    """Order sampled without replacement with P(i) proportional to values[i] ** beta. (N,) -> (N,).
+
+    Gumbel-top-k: sorting beta * log(v) + Gumbel noise draws exactly that sequence.
+    """
+    if beta <= 0:
+        raise ValueError(f"power beta must be > 0, got {beta}")
+    if (values < 0).any():
+        raise ValueError("power acquisition needs non-negative values")
+    uniform = torch.rand(values.shape, generator=generator, dtype=torch.float64).clamp(1e-20, 1 - 1e-16)
+    gumbel = -torch.log(-torch.log(uniform))
+    keys = beta * torch.log(values.double().clamp_min(1e-30)) + gumbel
+    return torch.argsort(keys, descending=True, stable=True)
+
+
+def kmeans(x: torch.Tensor, k: int, generator: torch.Generator, iters: int = 25) -> tuple[torch.Tensor, torch.Tensor]:
+    """k-means with k-means++ seeding. x (N, D) -> (assignments (N,), centroids (k, D)).
+
+    Arthur & Vassilvitskii 2007. k is capped at N.
+    """
+    n = x.shape[0]
+    if n == 0:
+        return torch.zeros(0, dtype=torch.long), x.new_zeros(0, x.shape[1])
+    k = max(1, min(k, n))
+    x = x.float()
+    first = int(torch.randint(n, (1,), generator=generator))
+    centroids = [x[first]]
+    dist = ((x - x[first]) ** 2).sum(dim=1)
+    for _ in range(1, k):
+        total = dist.sum()
+        if total <= 0:
+            idx = int(torch.randint(n, (1,), generator=generator))
+        else:
+            idx = int(torch.multinomial(dist / total, 1, generator=generator))
+        centroids.append(x[idx])
+        dist = torch.minimum(dist, ((x - x[idx]) ** 2).sum(dim=1))
+    c = torch.stack(centroids)
+    assign = torch.cdist(x, c).argmin(dim=1)
+    for _ in range(iters):
+        sums = torch.zeros_like(c).index_add_(0, assign, x)
+        counts = torch.bincount(assign, minlength=k).unsqueeze(1).to(x.dtype)
+        c = torch.where(counts > 0, sums / counts.clamp_min(1), c)
+        new_assign = torch.cdist(x, c).argmin(dim=1)
+        if torch.equal(new_assign, assign):
+            break
+        assign = new_assign
+    return assign, c
+
+
+def interleave_clusters(order: torch.Tensor, clusters: torch.Tensor, window: int) -> torch.Tensor:
+    """Within each consecutive window of the order, round-robin across clusters.
+
+    order (N,) indices, clusters (N,) cluster id per item -> (N,) reordered indices.
+    Inside a window, each cluster keeps its own order, and clusters take turns in
+    the order of their best item, so the window's top stays the window's top.
+    """
+    if window < 2:
+        return order
+    out = []
+    for start in range(0, order.numel(), window):
+        chunk = order[start:start + window].tolist()
+        queues: dict[int, list[int]] = {}
+        for idx in chunk:
+            queues.setdefault(int(clusters[idx]), []).append(idx)
+        lanes = list(queues.values())  # dict keeps first-seen order = order of best item
+        depth = max(len(lane) for lane in lanes)
+        out.extend(lane[i] for i in range(depth) for lane in lanes if i < len(lane))
+    return torch.tensor(out, dtype=torch.long)
+
+
+def mix_exploration(order: torch.Tensor, share: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Put uniformly random items at evenly spaced positions making up `share` of the order.
+
+    order (N,) -> (new order (N,), explored (N,) bool per item). The random items are
+    drawn from the whole pool; every other item keeps its relative order.
+    """
+    n = order.numel()
+    explored = torch.zeros(n, dtype=torch.bool)
+    count = int(round(share * n))
+    if count == 0 or n == 0:
+        return order, explored
+    picks = torch.randperm(n, generator=generator)[:count]
+    explored[picks] = True
+    # Position of the j-th random item: the middle of the j-th of `count` equal stretches.
+    positions = ((torch.arange(count, dtype=torch.float64) + 0.5) * (n / count)).long().clamp(max=n - 1)
+    slot_is_random = torch.zeros(n, dtype=torch.bool)
+    slot_is_random[positions] = True
+    new = torch.empty(n, dtype=torch.long)
+    new[slot_is_random] = picks
+    new[~slot_is_random] = order[~explored[order]]
+    return new, explored
+
+
+def priority_order(
+    values: torch.Tensor,
+    embeddings: torch.Tensor | None = None,
+    *,
+    power_beta: float = 0.0,
+    clusters: int = 0,
+    window: int | None = None,
+    exploration: float = 0.0,
+    seed: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Order a pool from acquisition values. values (N,), embeddings (N, D) -> (order (N,), explored (N,)).
+
+    `window` defaults to 5 items per cluster.
+    """
+    if values.dim() != 1:
+        raise ValueError(f"values must be shaped (N,), got {tuple(values.shape)}")
+    if torch.isnan(values).any():
+        raise ValueError("acquisition values contain NaN")
+    if not 0 <= exploration < 1:
+        raise ValueError(f"exploration share must be in [0, 1), got {exploration}")
+    generator = torch.Generator().manual_seed(seed)
+    order = power_order(values, power_beta, generator) if power_beta > 0 else greedy_order(values)
+    if clusters > 1 and values.numel() > 1:
+        if embeddings is None or embeddings.shape[0] != values.numel():
+            raise ValueError("diversity needs one embedding per item")
+        assign, _ = kmeans(embeddings, clusters, generator)
+        order = interleave_clusters(order, assign, window or 5 * clusters)
+    return mix_exploration(order, exploration, generator)
+
+
+def cold_start_order(embeddings: torch.Tensor, clusters: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Diversity-first order with no model: cluster representatives first. (N, D) -> (order (N,), values (N,)).
+
+    Clusters take turns, largest first; inside a cluster items closest to the centroid
+    come first. values are minus the distance to the item's centroid (higher = more
+    representative).
+    """
+    n = embeddings.shape[0]
+    if n == 0:
+        return torch.zeros(0, dtype=torch.long), torch.zeros(0)
+    generator = torch.Generator().manual_seed(seed)
+    assign, centroids = kmeans(embeddings, clusters, generator)
+    dist = (embeddings.float() - centroids[assign]).norm(dim=1)
+    sizes = torch.bincount(assign, minlength=centroids.shape[0])
+    lanes = []
+    for cluster in torch.argsort(-sizes, stable=True).tolist():
+        members = (assign == cluster).nonzero().flatten()
+        if members.numel():
+            lanes.append(members[torch.argsort(dist[members], stable=True)].tolist())
+    depth = max(len(lane) for lane in lanes)
+    order = [lane[i] for i in range(depth) for lane in lanes if i < len(lane)]
+    return torch.tensor(order, dtype=torch.long), -dist

@@ -1,0 +1,126 @@
+"""Per-project state shared through Redis by the web process and the workers.
+
+Keys (prefix ``al:``):
+  al:projects               set of project ids the backend has seen (/setup, webhooks)
+  al:p:<id>:conn            hash: hostname and access_token LS sent at /setup
+  al:p:<id>:config          fingerprint of the label config last seen
+  al:p:<id>:changes         annotation changes since the last retrain trigger
+  al:p:<id>:trained_count   LS annotation count the current model was trained on
+  al:p:<id>:published       model version whose predictions are live in LS
+  al:p:<id>:importing       version a publish is writing (cleared after the switch)
+"""
+
+from __future__ import annotations
+
+from redis import Redis
+
+PREFIX = "al:"
+PROJECTS = PREFIX + "projects"
+
+# Atomic "add changes, fire every N": returns 1 (and resets) when the counter reaches N.
+_ADD_CHANGES = """
+local n = redis.call('INCRBY', KEYS[1], ARGV[1])
+if n >= tonumber(ARGV[2]) then
+  redis.call('SET', KEYS[1], 0)
+  return 1
+end
+return 0
+"""
+
+
+def key(project_id: int, name: str) -> str:
+    """The Redis key of one fact about a project."""
+    return f"{PREFIX}p:{int(project_id)}:{name}"
+
+
+def register(r: Redis, project_id: int) -> bool:
+    """Record a project as known; True on first contact."""
+    return bool(r.sadd(PROJECTS, int(project_id)))
+
+
+def known_projects(r: Redis) -> list[int]:
+    """Every project id the backend has seen, ascending."""
+    return sorted(int(x) for x in r.smembers(PROJECTS))
+
+
+def save_connection(r: Redis, project_id: int, hostname: str, access_token: str) -> None:
+    """Remember where LS is and the token it gave us (used when LABEL_STUDIO_API_KEY is unset)."""
+    values = {k: v for k, v in (("hostname", hostname), ("access_token", access_token)) if v}
+    if values:
+        r.hset(key(project_id, "conn"), mapping=values)
+
+
+def connection(r: Redis, project_id: int) -> dict[str, str]:
+    """The hostname/access_token LS sent at /setup ({} if none)."""
+    raw = r.hgetall(key(project_id, "conn"))
+    return {_text(k): _text(v) for k, v in raw.items()}
+
+
+def config_fingerprint(r: Redis, project_id: int) -> str | None:
+    """Fingerprint of the label config last seen for the project."""
+    return _get(r, key(project_id, "config"))
+
+
+def set_config_fingerprint(r: Redis, project_id: int, fingerprint: str) -> str | None:
+    """Store a new fingerprint; return the previous one."""
+    return _text(r.set(key(project_id, "config"), fingerprint, get=True))
+
+
+def add_changes(r: Redis, project_id: int, changes: int, every: int) -> bool:
+    """Count annotation changes; True when they reach ``every`` (the counter restarts)."""
+    return bool(r.eval(_ADD_CHANGES, 1, key(project_id, "changes"), int(changes), int(every)))
+
+
+def clear_changes(r: Redis, project_id: int) -> None:
+    """Forget counted changes (a retrain is about to read all annotations anyway)."""
+    r.delete(key(project_id, "changes"))
+
+
+def trained_count(r: Redis, project_id: int) -> int | None:
+    """Annotation count the current model was trained on, None if never trained."""
+    value = _get(r, key(project_id, "trained_count"))
+    return None if value is None else int(value)
+
+
+def set_trained_count(r: Redis, project_id: int, count: int | None) -> None:
+    """Record the annotation count a model was trained on (None forgets it)."""
+    if count is None:
+        r.delete(key(project_id, "trained_count"))
+    else:
+        r.set(key(project_id, "trained_count"), int(count))
+
+
+def published_version(r: Redis, project_id: int) -> str | None:
+    """The model version whose predictions LS currently samples by."""
+    return _get(r, key(project_id, "published"))
+
+
+def set_published_version(r: Redis, project_id: int, version: str | None) -> None:
+    """Record the live version (None forgets it)."""
+    if version is None:
+        r.delete(key(project_id, "published"))
+    else:
+        r.set(key(project_id, "published"), version)
+
+
+def importing_version(r: Redis, project_id: int) -> str | None:
+    """A version whose import started but whose switch has not happened."""
+    return _get(r, key(project_id, "importing"))
+
+
+def set_importing_version(r: Redis, project_id: int, version: str | None) -> None:
+    """Mark (or clear, with None) a version being imported."""
+    if version is None:
+        r.delete(key(project_id, "importing"))
+    else:
+        r.set(key(project_id, "importing"), version)
+
+
+def _get(r: Redis, name: str) -> str | None:
+    return _text(r.get(name))
+
+
+def _text(value: object) -> str | None:
+    if value is None:
+        return None
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -1,0 +1,224 @@
+"""Thin RQ glue: the two queues, job options, retrain coalescing and job status.
+
+Jobs are enqueued by dotted name (``"workers.jobs.retrain"``) so the web process never
+imports ``workers``. Job ids are random: a failed job keeps its id in RQ's failed
+registry for ``failure_ttl``, so a fixed per-project id would block the next retrain.
+Coalescing uses our own keys instead, checked against the live job's status.
+
+Retrain coalescing (per project):
+  al:p:<id>:retrain:pending  id of a queued retrain that has not started yet
+  al:p:<id>:retrain:running  id of the retrain running now (expires after the job timeout)
+  al:p:<id>:retrain:again    set when a retrain was asked for while one was running
+A request with a pending retrain is absorbed by it; a request while one runs (and none is
+pending) marks ``again``; when the running job ends, ``again`` becomes exactly one follow-up.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+from datetime import datetime
+
+from redis import Redis
+from rq import Callback, Queue, Retry
+from rq.exceptions import NoSuchJobError
+from rq.job import Job, JobStatus
+from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
+
+from backend import metrics
+from backend.projects import key
+from backend.settings import Settings
+
+TRAIN = "train"
+SCORE = "score"
+QUEUES = (TRAIN, SCORE)
+RECONCILE_LOCK = "al:reconcile:next"
+BACKOFF = (10, 60, 300)  # seconds between retries; the last one repeats
+_WAITING = {JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED}
+_LOCK_SECONDS = 10
+
+
+@dataclass(frozen=True)
+class JobPolicy:
+    """Timeouts, TTLs and retries for every job we enqueue."""
+
+    timeout: int = 3600  # RQ's default (180 s) is too short for training
+    retries: int = 3
+    backoff: tuple[int, ...] = BACKOFF
+    result_ttl: int = 24 * 3600  # finished jobs stay visible at /jobs/<id> for a day
+    failure_ttl: int = 7 * 24 * 3600  # failed jobs stay inspectable for a week (ids are random)
+    ttl: int | None = None  # a queued job never expires unseen: it must run
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "JobPolicy":
+        """Policy with the configured timeout and retry count."""
+        return cls(timeout=settings.job_timeout, retries=settings.job_retries)
+
+    def retry(self) -> Retry | None:
+        """RQ retry with backoff, or None when retries are off."""
+        if self.retries <= 0:
+            return None
+        intervals = [self.backoff[min(i, len(self.backoff) - 1)] for i in range(self.retries)]
+        return Retry(max=self.retries, interval=intervals)
+
+
+def get_queue(r: Redis, name: str) -> Queue:
+    """One of our RQ queues on this connection."""
+    if name not in QUEUES:
+        raise ValueError(f"unknown queue {name!r}")
+    return Queue(name, connection=r)
+
+
+def enqueue(r: Redis, queue: str, func: str, *args, policy: JobPolicy, description: str,
+            depends_on: Job | str | None = None, timeout: int | None = None) -> Job:
+    """Enqueue a job function by dotted name with our options, and count it."""
+    job = get_queue(r, queue).enqueue_call(
+        func, args=args, timeout=timeout or policy.timeout, result_ttl=policy.result_ttl,
+        failure_ttl=policy.failure_ttl, ttl=policy.ttl, retry=policy.retry(),
+        description=description, depends_on=depends_on,
+        on_success=Callback(metrics.on_job_success), on_failure=Callback(metrics.on_job_failure),
+    )
+    metrics.inc(r, "al_jobs_enqueued_total", {"job": func.rsplit(".", 1)[-1]})
+    return job
+
+
+def _status(r: Redis, job_id: str | None) -> JobStatus | None:
+    if not job_id:
+        return None
+    try:
+        return Job.fetch(job_id, connection=r).get_status(refresh=False)
+    except NoSuchJobError:
+        return None
+
+
+def _decode(value: object) -> str | None:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def enqueue_retrain(r: Redis, project_id: int, policy: JobPolicy, reason: str) -> tuple[str, str]:
+    """Ask for a retrain; returns (job id or "", outcome).
+
+    outcome: "enqueued" (a new job), "coalesced" (a queued one will do), or
+    "follow-up" (one is running; exactly one more will run after it).
+    """
+    with r.lock(key(project_id, "retrain:lock"), timeout=_LOCK_SECONDS, blocking_timeout=_LOCK_SECONDS):
+        pending = _decode(r.get(key(project_id, "retrain:pending")))
+        if _status(r, pending) in _WAITING:
+            return pending, "coalesced"
+        running = _decode(r.get(key(project_id, "retrain:running")))
+        if running and _status(r, running) == JobStatus.STARTED:
+            r.set(key(project_id, "retrain:again"), reason, ex=policy.timeout * 2)
+            return running, "follow-up"
+        job = enqueue(r, TRAIN, "workers.jobs.retrain", int(project_id), policy=policy,
+                      description=f"retrain project {project_id} ({reason})")
+        r.set(key(project_id, "retrain:pending"), job.id, ex=policy.timeout * 4)
+        return job.id, "enqueued"
+
+
+def retrain_started(r: Redis, project_id: int, job_id: str, policy: JobPolicy) -> None:
+    """Called by the retrain job when it starts: it is no longer pending, it is running."""
+    with r.lock(key(project_id, "retrain:lock"), timeout=_LOCK_SECONDS, blocking_timeout=_LOCK_SECONDS):
+        if _decode(r.get(key(project_id, "retrain:pending"))) == job_id:
+            r.delete(key(project_id, "retrain:pending"))
+        r.set(key(project_id, "retrain:running"), job_id, ex=policy.timeout + 60)
+
+
+def retrain_ended(r: Redis, project_id: int, job_id: str, policy: JobPolicy) -> str | None:
+    """Called by the retrain job when it ends (success or not); enqueues the follow-up if asked."""
+    with r.lock(key(project_id, "retrain:lock"), timeout=_LOCK_SECONDS, blocking_timeout=_LOCK_SECONDS):
+        if _decode(r.get(key(project_id, "retrain:running"))) == job_id:
+            r.delete(key(project_id, "retrain:running"))
+        again = _decode(r.getdel(key(project_id, "retrain:again")))
+    if again is None:
+        return None
+    follow_id, _ = enqueue_retrain(r, project_id, policy, f"follow-up: {again}")
+    return follow_id
+
+
+def enqueue_rescore(r: Redis, project_id: int, version: str | None, policy: JobPolicy) -> Job:
+    """Score the pool with a model version (None: cold start) and publish the priorities."""
+    return enqueue(r, SCORE, "workers.jobs.rescore", int(project_id), version, policy=policy,
+                   description=f"rescore project {project_id} with {version or 'cold start'}")
+
+
+def enqueue_score_new(r: Redis, project_id: int, task_ids: list[int], policy: JobPolicy) -> Job:
+    """Score just-created tasks with the live model."""
+    return enqueue(r, SCORE, "workers.jobs.score_new_tasks", int(project_id), list(task_ids),
+                   policy=policy, description=f"score {len(task_ids)} new tasks of project {project_id}")
+
+
+def enqueue_cleanup(r: Redis, project_id: int, version: str, policy: JobPolicy) -> Job:
+    """Delete an old version's predictions from LS, off the critical path."""
+    return enqueue(r, SCORE, "workers.jobs.delete_version", int(project_id), version, policy=policy,
+                   description=f"delete predictions of {version} in project {project_id}")
+
+
+def enqueue_reset(r: Redis, project_id: int, policy: JobPolicy) -> Job:
+    """Forget the project's model (label config changed) and retrain from scratch."""
+    return enqueue(r, TRAIN, "workers.jobs.reset_project", int(project_id), policy=policy,
+                   description=f"reset project {project_id}")
+
+
+def enqueue_prepare(r: Redis, project_id: int, policy: JobPolicy) -> Job:
+    """First contact: set up sampling and the Data Manager view in LS."""
+    return enqueue(r, SCORE, "workers.jobs.prepare_project", int(project_id), policy=policy,
+                   description=f"prepare project {project_id}", timeout=600)
+
+
+def enqueue_reconcile(r: Redis, policy: JobPolicy) -> Job:
+    """Compare LS's annotation counts with what the models were trained on."""
+    return enqueue(r, TRAIN, "workers.jobs.reconcile", policy=policy, description="reconcile",
+                   timeout=600)
+
+
+def schedule_reconcile_if_due(r: Redis, interval: int, policy: JobPolicy) -> Job | None:
+    """Enqueue a reconcile when none ran in the last ``interval`` s (one across all workers)."""
+    if interval <= 0:
+        return None
+    if not r.set(RECONCILE_LOCK, socket.gethostname(), nx=True, ex=int(interval)):
+        return None
+    return enqueue_reconcile(r, policy)
+
+
+def job_status(r: Redis, job_id: str) -> dict | None:
+    """Status, progress and error of a job, or None when RQ does not know the id."""
+    try:
+        job = Job.fetch(job_id, connection=r)
+    except NoSuchJobError:
+        return None
+    status = job.get_status(refresh=False)
+    error = None
+    if status == JobStatus.FAILED:
+        result = job.latest_result()
+        text = (result.exc_string if result is not None else None) or ""
+        lines = [line for line in text.strip().splitlines() if line.strip()]
+        error = lines[-1] if lines else "failed"
+    return {
+        "id": job.id,
+        "status": str(status.value if status else "unknown"),
+        "function": job.func_name,
+        "description": job.description,
+        "progress": job.meta.get("progress"),
+        "error": error,
+        "enqueued_at": _iso(job.enqueued_at),
+        "started_at": _iso(job.started_at),
+        "ended_at": _iso(job.ended_at),
+        "retries_left": job.retries_left,
+    }
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def queue_gauges(r: Redis) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+    """Queue depth and registry sizes for /metrics."""
+    depth, registries = {}, {}
+    for name in QUEUES:
+        queue = get_queue(r, name)
+        depth[(("queue", name),)] = float(queue.count)
+        for reg_name, registry in (("started", StartedJobRegistry), ("failed", FailedJobRegistry),
+                                   ("scheduled", ScheduledJobRegistry)):
+            count = registry(queue=queue).count
+            registries[(("queue", name), ("registry", reg_name))] = float(count)
+    return {"al_queue_depth": depth, "al_jobs_in_registry": registries}

@@ -1,0 +1,118 @@
+"""An in-memory stand-in for ``backend.labelstudio.LabelStudioClient`` (only that class).
+
+Used where a real Label Studio is not the point of the test (the e2e tests cover the real
+server). It keeps tasks, annotations and predictions, records calls, and can be told to fail.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+
+from backend.labelstudio import LabelStudioError
+
+CONFIG = """<View><Text name="text" value="$text"/>
+<Choices name="label" toName="text"><Choice value="pos"/><Choice value="neg"/></Choices></View>"""
+
+
+class FakeLabelStudio:
+    """One fake LS server's state; ``client(url, key)`` returns a client bound to it."""
+
+    def __init__(self, project_id: int = 1, label_config: str = CONFIG) -> None:
+        self.project_id = project_id
+        self.label_config = label_config
+        self.tasks: dict[int, str] = {}
+        self.annotations: dict[int, str] = {}  # task id -> choice
+        self.predictions: list[dict] = []
+        self.model_version = ""
+        self.sampling = "Sequential sampling"
+        self.views: list[str] = []
+        self.calls: Counter = Counter()
+        self.fail: dict[str, Exception] = {}  # method name -> exception raised (once)
+        self.import_fail_after: int | None = None  # import this many, then fail (once)
+        self.block_annotated: threading.Event | None = None  # annotated_tasks waits on it
+        self.lock = threading.Lock()
+
+    def add_tasks(self, texts: list[str]) -> list[int]:
+        start = max(self.tasks, default=0) + 1
+        ids = list(range(start, start + len(texts)))
+        self.tasks.update(zip(ids, texts))
+        return ids
+
+    def client(self, url: str, api_key: str) -> "FakeClient":
+        return FakeClient(self)
+
+    def live_predictions(self, version: str | None = None) -> list[dict]:
+        version = self.model_version if version is None else version
+        return [p for p in self.predictions if p["model_version"] == version]
+
+
+class FakeClient:
+    """The contract API of LabelStudioClient over a FakeLabelStudio."""
+
+    def __init__(self, ls: FakeLabelStudio) -> None:
+        self.ls = ls
+
+    def _enter(self, name: str, project_id: int) -> None:
+        self.ls.calls[name] += 1
+        if name in self.ls.fail:
+            raise self.ls.fail.pop(name)
+        if project_id != self.ls.project_id:
+            raise LabelStudioError(f"project {project_id} not found")
+
+    def get_project(self, project_id):
+        self._enter("get_project", project_id)
+        return {"id": project_id, "title": "t", "label_config": self.ls.label_config,
+                "model_version": self.ls.model_version, "sampling": self.ls.sampling}
+
+    def list_tasks(self, project_id, after_id=0):
+        self._enter("list_tasks", project_id)
+        return [{"id": i, "data": {"text": t}} for i, t in sorted(self.ls.tasks.items()) if i > after_id]
+
+    def task_ids(self, project_id):
+        self._enter("task_ids", project_id)
+        return set(self.ls.tasks)
+
+    def annotated_tasks(self, project_id):
+        self._enter("annotated_tasks", project_id)
+        if self.ls.block_annotated is not None:
+            self.ls.block_annotated.wait(30)
+        return [{"id": i, "data": {"text": self.ls.tasks[i]},
+                 "result": [{"from_name": "label", "to_name": "text", "type": "choices",
+                             "value": {"choices": [c]}}]}
+                for i, c in sorted(self.ls.annotations.items()) if i in self.ls.tasks]
+
+    def count_annotations(self, project_id):
+        self._enter("count_annotations", project_id)
+        return len(self.ls.annotations)
+
+    def import_predictions(self, project_id, predictions):
+        self._enter("import_predictions", project_id)
+        with self.ls.lock:
+            if self.ls.import_fail_after is not None:
+                keep, self.ls.import_fail_after = self.ls.import_fail_after, None
+                self.ls.predictions.extend(dict(p) for p in predictions[:keep])
+                raise LabelStudioError("import failed midway (fake)")
+            self.ls.predictions.extend(dict(p) for p in predictions)
+        return len(predictions)
+
+    def set_model_version(self, project_id, version):
+        self._enter("set_model_version", project_id)
+        self.ls.model_version = version
+
+    def delete_predictions(self, project_id, model_version):
+        self._enter("delete_predictions", project_id)
+        with self.ls.lock:
+            before = len(self.ls.predictions)
+            self.ls.predictions = [p for p in self.ls.predictions if p["model_version"] != model_version]
+            return before - len(self.ls.predictions)
+
+    def set_sampling(self, project_id, sampling="Uncertainty sampling"):
+        self._enter("set_sampling", project_id)
+        self.ls.sampling = sampling
+
+    def ensure_view(self, project_id, title="Active learning queue"):
+        self._enter("ensure_view", project_id)
+        if title not in self.ls.views:
+            self.ls.views.append(title)
+        return self.ls.views.index(title) + 1

@@ -1,0 +1,260 @@
+"""Webhook -> queue -> real RQ worker -> engine -> (fake) LS, on a real Redis and the real engine."""
+
+from __future__ import annotations
+
+import pytest
+from rq import Queue
+from rq.job import Job
+from rq.registry import FailedJobRegistry, FinishedJobRegistry
+
+from backend import projects
+from backend import queue as jobs_queue
+from backend.al.store import ModelStore
+from backend.app import create_app
+from backend.labelstudio import LabelStudioError
+from tests.integration.fake_ls import FakeLabelStudio
+from tests.integration.workers_helper import BackgroundWorker, drain
+from workers import jobs
+
+POS = ["good great film", "great fun", "lovely good", "fine great acting", "good good"]
+NEG = ["bad awful film", "awful boring", "poor bad", "terrible bad acting", "bad bad"]
+
+
+@pytest.fixture
+def ls(settings):
+    fake = FakeLabelStudio(project_id=1)
+    ids = fake.add_tasks(POS * 3 + NEG * 3)
+    for i in ids[:4]:
+        fake.annotations[i] = "pos"
+    for i in ids[15:19]:
+        fake.annotations[i] = "neg"
+    jobs.configure(settings, client_factory=fake.client)
+    yield fake
+    jobs.configure(settings)
+
+
+@pytest.fixture
+def web(settings):
+    return create_app(settings).test_client()
+
+
+def _finished(r, func: str) -> list[Job]:
+    found = []
+    for name in jobs_queue.QUEUES:
+        registry = FinishedJobRegistry(name, connection=r)
+        found += [j for j in Job.fetch_many(registry.get_job_ids(), connection=r) if j and j.func_name == func]
+    return found
+
+
+def _failed(r, func: str) -> list[Job]:
+    registry = FailedJobRegistry("train", connection=r)
+    return [j for j in Job.fetch_many(registry.get_job_ids(), connection=r) if j and j.func_name == func]
+
+
+def test_setup_then_start_training_publishes_priorities(web, ls, r, settings):
+    web.post("/setup", json={"project": "1.17", "schema": ls.label_config})
+    drain(r)  # prepare -> cold-start rescore
+    assert ls.sampling == "Uncertainty sampling" and ls.views == ["Active learning queue"]
+    # Annotations exist, so first contact trained a model straight away.
+    version = ModelStore(settings.model_dir / "models").current(1)
+    assert version is not None and ls.model_version == version
+    assert projects.trained_count(r, 1) == 8
+    live = ls.live_predictions()
+    unlabelled = set(ls.tasks) - set(ls.annotations)
+    assert {p["task"] for p in live} == unlabelled and len(live) == len(unlabelled)
+    assert all(0.0 <= p["score"] <= 1.0 for p in live)
+    assert all(p["result"][0]["value"]["choices"][0] in ("pos", "neg") for p in live)
+
+    for i in list(unlabelled)[:3]:
+        ls.annotations[i] = "pos"
+    job_id = web.post("/webhook", json={"action": "START_TRAINING", "project": 1}).get_json()["job_id"]
+    drain(r)
+    new_version = ModelStore(settings.model_dir / "models").current(1)
+    assert new_version != version and ls.model_version == new_version
+    assert projects.published_version(r, 1) == new_version
+    # The old version's predictions were removed by a separate job on the score queue.
+    assert ls.live_predictions(version) == []
+    assert len(ls.live_predictions()) == len(ls.tasks) - len(ls.annotations)
+    status = web.get(f"/jobs/{job_id}").get_json()
+    assert status["status"] == "finished" and status["progress"]["stage"] == "training"
+    metrics = web.get("/metrics").get_data(as_text=True)
+    # Two retrains (first contact, START_TRAINING), three rescores (cold start skipped twice or run).
+    assert 'al_jobs_finished_total{job="retrain"} 2' in metrics
+    assert "al_retrain_seconds_count 2" in metrics
+    assert 'al_jobs_finished_total{job="delete_version"} 1' in metrics
+
+
+def test_cold_start_publishes_a_first_order(web, ls, r):
+    ls.annotations.clear()
+    web.post("/setup", json={"project": "1.17", "schema": ls.label_config})
+    drain(r)
+    assert ls.model_version == jobs.cold_start_version(1)
+    assert len(ls.live_predictions()) == len(ls.tasks)
+    assert all(p["result"] == [] for p in ls.live_predictions())
+
+
+def test_burst_after_which_one_retrain_runs(web, ls, r, settings):
+    for i in range(100):
+        web.post("/webhook", json={"action": "ANNOTATION_CREATED", "project": {"id": 1},
+                                   "task": {"id": i, "project": 1}})
+    assert [j.func_name for j in Queue("train", connection=r).jobs] == ["workers.jobs.retrain"]
+    drain(r)
+    assert len(_finished(r, "workers.jobs.retrain")) == 1
+    assert ls.calls["annotated_tasks"] == 1
+
+
+def test_burst_during_a_retrain_gives_exactly_one_follow_up(web, ls, r, settings):
+    import threading
+    import time
+
+    ls.block_annotated = threading.Event()
+    with BackgroundWorker(r):
+        start = time.monotonic()
+        for i in range(100):
+            response = web.post("/webhook", json={"action": "ANNOTATION_CREATED", "project": {"id": 1},
+                                                  "task": {"id": i, "project": 1}})
+            assert response.status_code == 200
+            if i == 10:  # the first retrain has been triggered: let the worker start it
+                deadline = time.monotonic() + 10
+                while ls.calls["annotated_tasks"] == 0 and time.monotonic() < deadline:
+                    time.sleep(0.01)
+        assert time.monotonic() - start < 5
+        assert ls.calls["annotated_tasks"] == 1  # still inside the first retrain
+        ls.block_annotated.set()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and (
+                len(_finished(r, "workers.jobs.retrain")) < 2 or Queue("score", connection=r).count):
+            time.sleep(0.05)
+    assert len(_finished(r, "workers.jobs.retrain")) == 2
+    assert ls.calls["annotated_tasks"] == 2
+
+
+def test_failed_retrain_lands_in_failed_registry_and_next_runs(web, ls, r, settings):
+    ls.fail["get_project"] = LabelStudioError("LS is down (fake)")
+    first = web.post("/webhook", json={"action": "START_TRAINING", "project": 1}).get_json()["job_id"]
+    drain(r)
+    assert [j.id for j in _failed(r, "workers.jobs.retrain")] == [first]
+    status = web.get(f"/jobs/{first}").get_json()
+    assert status["status"] == "failed" and "LS is down (fake)" in status["error"]
+    assert "Traceback" not in status["error"]
+    second = web.post("/webhook", json={"action": "START_TRAINING", "project": 1}).get_json()["job_id"]
+    assert second != first
+    drain(r)
+    assert web.get(f"/jobs/{second}").get_json()["status"] == "finished"
+    assert ls.model_version.startswith("p1-v")
+    assert 'al_jobs_failed_total{job="retrain"} 1' in web.get("/metrics").get_data(as_text=True)
+
+
+def test_retry_with_backoff_reruns_the_same_job(ls, r, settings):
+    ls.fail["get_project"] = LabelStudioError("transient (fake)")
+    policy = jobs_queue.JobPolicy(retries=2, backoff=(0,))
+    job_id, outcome = jobs_queue.enqueue_retrain(r, 1, policy, "test")
+    assert outcome == "enqueued"
+    drain(r)
+    job = Job.fetch(job_id, connection=r)
+    assert job.get_status() == "finished" and ls.calls["get_project"] >= 2
+
+
+def test_publish_is_atomic_and_retry_is_idempotent(web, ls, r, settings):
+    web.post("/webhook", json={"action": "START_TRAINING", "project": 1})
+    drain(r)
+    old = ls.model_version
+    old_predictions = [dict(p) for p in ls.live_predictions()]
+    assert old and old_predictions
+
+    for i in list(set(ls.tasks) - set(ls.annotations))[:2]:
+        ls.annotations[i] = "neg"
+    ls.import_fail_after = 3
+    web.post("/webhook", json={"action": "START_TRAINING", "project": 1})
+    drain(r)
+    (failed,) = Job.fetch_many(FailedJobRegistry("score", connection=r).get_job_ids(), connection=r)
+    assert failed.func_name == "workers.jobs.rescore"
+    new = failed.args[1]
+    # Nothing switched: LS still samples by the old version, whose predictions are untouched.
+    assert ls.model_version == old and projects.published_version(r, 1) == old
+    assert ls.live_predictions() == old_predictions
+    assert len(ls.live_predictions(new)) == 3  # the partial import, ignored by LS's sampling
+
+    FailedJobRegistry("score", connection=r).requeue(failed.id)
+    drain(r)
+    assert ls.model_version == new and projects.published_version(r, 1) == new
+    live = ls.live_predictions()
+    assert len(live) == len({p["task"] for p in live}) == len(ls.tasks) - len(ls.annotations)
+    assert ls.live_predictions(old) == []
+
+
+def test_stale_rescore_is_skipped(ls, r, settings):
+    jobs_queue.enqueue_retrain(r, 1, jobs_queue.JobPolicy(retries=0), "a")
+    drain(r)
+    live = ls.model_version
+    job = jobs_queue.enqueue_rescore(r, 1, "p1-v0000-aaaaaa", jobs_queue.JobPolicy(retries=0))
+    drain(r)
+    assert Job.fetch(job.id, connection=r).return_value()["skipped"] is True
+    assert ls.model_version == live
+
+
+def test_new_tasks_are_scored_with_the_live_model(web, ls, r):
+    web.post("/webhook", json={"action": "START_TRAINING", "project": 1})
+    drain(r)
+    version = ls.model_version
+    new_ids = ls.add_tasks(["great good lovely", "awful bad poor"])
+    response = web.post("/webhook", json={"action": "TASKS_CREATED", "project": {"id": 1},
+                                          "tasks": [{"id": i} for i in new_ids]})
+    assert response.get_json()["action"] == "score_new"
+    drain(r)
+    scored = [p for p in ls.live_predictions() if p["task"] in new_ids]
+    assert len(scored) == 2 and all(p["model_version"] == version for p in scored)
+    assert all(0.0 <= p["score"] <= 1.0 for p in scored)
+
+
+def test_label_config_change_resets_and_retrains(web, ls, r, settings):
+    web.post("/setup", json={"project": "1.1", "schema": ls.label_config})
+    drain(r)
+    store = ModelStore(settings.model_dir / "models")
+    before = store.current(1)
+    ls.label_config = ls.label_config.replace('"neg"', '"negative"')
+    for n, task_id in enumerate(ls.annotations):
+        ls.annotations[task_id] = "pos" if n % 2 else "negative"
+    web.post("/webhook", json={"action": "PROJECT_UPDATED",
+                               "project": {"id": 1, "label_config": ls.label_config}})
+    assert [j.func_name for j in Queue("train", connection=r).jobs] == ["workers.jobs.reset_project"]
+    drain(r)
+    after = store.current(1)
+    assert after and after != before
+    assert store.load(1).classes == ["pos", "negative"]
+
+
+def test_one_class_only_waits_for_more_labels(ls, r, settings):
+    for task_id in ls.annotations:
+        ls.annotations[task_id] = "pos"
+    job_id, _ = jobs_queue.enqueue_retrain(r, 1, jobs_queue.JobPolicy(retries=0), "test")
+    drain(r)
+    job = Job.fetch(job_id, connection=r)
+    assert job.get_status() == "finished" and job.return_value() is None
+    assert projects.trained_count(r, 1) == 8  # reconcile will not keep retrying it
+    assert ModelStore(settings.model_dir / "models").current(1) is None
+
+
+def test_reconcile_catches_lost_webhooks(ls, r, settings):
+    projects.register(r, 1)
+    policy = jobs_queue.JobPolicy(retries=0)
+    jobs_queue.enqueue_reconcile(r, policy)
+    drain(r)
+    assert projects.trained_count(r, 1) == 8
+    assert len(_finished(r, "workers.jobs.retrain")) == 1
+    ls.annotations[max(ls.tasks)] = "neg"  # its webhook got lost
+    jobs_queue.enqueue_reconcile(r, policy)
+    drain(r)
+    assert projects.trained_count(r, 1) == 9
+    assert len(_finished(r, "workers.jobs.retrain")) == 2
+    jobs_queue.enqueue_reconcile(r, policy)
+    drain(r)
+    assert len(_finished(r, "workers.jobs.retrain")) == 2  # up to date: nothing to do
+
+
+def test_reconcile_timer_fires_once_per_interval(r):
+    policy = jobs_queue.JobPolicy(retries=0)
+    assert jobs_queue.schedule_reconcile_if_due(r, 60, policy) is not None
+    assert jobs_queue.schedule_reconcile_if_due(r, 60, policy) is None
+    assert jobs_queue.schedule_reconcile_if_due(r, 0, policy) is None
+    assert [j.func_name for j in Queue("train", connection=r).jobs] == ["workers.jobs.reconcile"]

@@ -1,0 +1,106 @@
+"""Training on real data, class weights, and the simulation CLI."""
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from backend.al import simulate
+from backend.al.datasets import clean_text, load_trec, load_tsv, write_tsv
+from backend.al.learner import ActiveLearner, EngineConfig
+from backend.al.training import class_weights
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def test_learns_a_small_real_agnews_subset_well_above_chance(agnews_pool, tmp_path):
+    texts, labels = agnews_pool
+    classes = sorted(set(labels))
+    learner = ActiveLearner(EngineConfig(), cache_dir=tmp_path)  # the real default encoder
+    model = learner.fit(texts[:240], labels[:240], classes)
+    test_texts, test_labels = texts[5000:5200], labels[5000:5200]
+    pred = learner.predict_proba(model, test_texts).argmax(dim=1)
+    accuracy = float((pred == torch.tensor([classes.index(y) for y in test_labels])).float().mean())
+    assert accuracy > 0.70, accuracy  # chance is 0.25 on four balanced classes
+
+
+def test_class_weights_pinned():
+    targets = torch.tensor([[1, 0, 0], [1, 0, 0], [1, 0, 0], [0, 1, 0]], dtype=torch.float32)
+    # 4 items, 2 classes present: 4 / (2 * 3) and 4 / (2 * 1); absent class gets 1
+    assert class_weights(targets, False).tolist() == pytest.approx([2 / 3, 2.0, 1.0])
+    assert class_weights(targets, True).tolist() == pytest.approx([1.0, 3.0, 1.0])
+
+
+def test_clean_text_and_trec_loader(tmp_path):
+    assert clean_text("Bush #39;s plan\\ today") == "Bush's plan  today"
+    src = tmp_path / "t.label"
+    src.write_bytes("NUM:date When was Ozzy born ?\nHUM:ind Who is caf\xe9 ?\n".encode("latin-1"))
+    texts, labels = load_trec(src)
+    assert labels == ["NUM", "HUM"] and texts[1] == "Who is caf\xe9 ?"
+    write_tsv(tmp_path / "t.tsv", texts, labels)
+    assert load_tsv(tmp_path / "t.tsv") == (texts, labels)
+
+
+def test_load_tsv_names_the_bad_line(tmp_path):
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("good text\tA\nno label here\n")
+    with pytest.raises(ValueError, match="bad.tsv:2"):
+        load_tsv(bad)
+
+
+def test_summary_ratio_and_gap():
+    rows = []
+    for labels, r, m in [(20, 0.5, 0.5), (40, 0.6, 0.7), (60, 0.7, 0.75)]:
+        rows += [{"strategy": "random", "seed": 0, "labels": labels, "accuracy": r},
+                 {"strategy": "margin", "seed": 0, "labels": labels, "accuracy": m}]
+    out = {s["strategy"]: s for s in simulate.summarize(rows, seed_size=20)}
+    assert out["margin"]["labels_to_target"] == 40 and out["margin"]["ratio"] == pytest.approx(1.5)
+    assert out["random"]["ratio"] == pytest.approx(1.0)
+    assert out["margin"]["worst_gap_points"] == pytest.approx(-5.0)
+
+
+def test_strategy_specs():
+    base = EngineConfig()
+    assert simulate.strategy_config("default", base) == base
+    plain = simulate.strategy_config("bald", base)
+    assert plain.strategy == "bald" and plain.exploration == 0 and plain.diversity_clusters == 0
+    variant = simulate.strategy_config("margin/power_beta=2/diversity_clusters=5", base)
+    assert variant.power_beta == 2.0 and variant.diversity_clusters == 5
+    with pytest.raises(ValueError, match="unknown strategy"):
+        simulate.strategy_config("coreset", base)
+    with pytest.raises(ValueError, match="bad strategy option"):
+        simulate.strategy_config("margin/nope=1", base)
+
+
+def test_simulation_cli_smoke(agnews_pool, tiny_bert, tmp_path):
+    texts, labels = agnews_pool
+    write_tsv(tmp_path / "pool.tsv", texts[:120], labels[:120])
+    write_tsv(tmp_path / "test.tsv", texts[6000:6060], labels[6000:6060])
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "backend.al.simulate", "--pool", str(tmp_path / "pool.tsv"),
+           "--test", str(tmp_path / "test.tsv"), "--strategy", "bald,margin,random,default",
+           "--seed-size", "10", "--batch-size", "10", "--budget", "30", "--seeds", "2",
+           "--out", str(out), "--encoder", str(tiny_bert), "--mc-samples", "4",
+           "--cache-dir", str(tmp_path / "cache")]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = list(csv.DictReader(open(out / "curves.csv")))
+    assert {r["strategy"] for r in rows} == {"bald", "margin", "random", "default"}
+    assert sorted({int(r["labels"]) for r in rows}) == [10, 20, 30]
+    assert len(rows) == 4 * 2 * 3
+    assert all(0 <= float(r["accuracy"]) <= 1 and 0 <= float(r["macro_f1"]) <= 1 for r in rows)
+    assert (out / "curves.png").stat().st_size > 10_000
+    assert "labels to reach random's accuracy" in done.stdout
+
+
+def test_simulation_cli_rejects_bad_arguments(tmp_path):
+    cmd = [sys.executable, "-m", "backend.al.simulate", "--pool", str(tmp_path / "missing.tsv"),
+           "--test", str(tmp_path / "missing.tsv"), "--out", str(tmp_path / "o")]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "error:" in done.stderr and "Traceback" not in done.stderr
+    done = subprocess.run(cmd + ["--budget", "5", "--seed-size", "10"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 2 and "--budget must be >= --seed-size" in done.stderr

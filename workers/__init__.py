@@ -1,0 +1,1 @@
+"""The worker process: RQ workers running the jobs in :mod:`workers.jobs`."""

@@ -1,0 +1,112 @@
+"""A local index of a project's tasks (id, text, labelled, last acquisition value) under MODEL_DIR.
+
+Listing a 10k-task LS project takes ~12 s, so a round must not re-read it: the index fetches
+only tasks with ids above the highest one it knows (``list_tasks(after_id=...)``) and drops
+ids LS no longer has (``task_ids``, ids only). Edits to an existing task's text are not seen.
+SQLite in WAL mode makes it safe for several worker processes sharing MODEL_DIR.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+from contextlib import closing
+from pathlib import Path
+from typing import Iterable
+
+from backend.labeling import TaskDataError, TaskSpec, task_text
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
+CREATE TABLE IF NOT EXISTS tasks (
+    id INTEGER PRIMARY KEY, text TEXT NOT NULL, hash TEXT NOT NULL,
+    labelled INTEGER NOT NULL DEFAULT 0, value REAL
+);
+"""
+
+
+def text_hash(text: str) -> str:
+    """Short content hash of a task text."""
+    return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
+class TaskIndex:
+    """One project's index file: ``MODEL_DIR/index/project-<id>.sqlite``."""
+
+    def __init__(self, model_dir: Path, project_id: int) -> None:
+        self.path = Path(model_dir) / "index" / f"project-{int(project_id)}.sqlite"
+        self.project_id = int(project_id)
+
+    def _connect(self) -> sqlite3.Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self.path, timeout=60)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.executescript(_SCHEMA)
+        return db
+
+    def sync(self, client, spec: TaskSpec) -> dict[str, int]:
+        """Bring the index up to date with LS; returns counts of added and removed tasks."""
+        with closing(self._connect()) as db, db:
+            if _meta(db, "value_key") != spec.value_key:
+                db.execute("DELETE FROM tasks")  # the config reads another field: start over
+                _set_meta(db, "value_key", spec.value_key)
+            max_id = db.execute("SELECT COALESCE(MAX(id), 0) FROM tasks").fetchone()[0]
+            rows = _rows(client.list_tasks(self.project_id, after_id=max_id), spec)
+            db.executemany("INSERT OR REPLACE INTO tasks (id, text, hash) VALUES (?, ?, ?)", rows)
+            live = set(client.task_ids(self.project_id))
+            known = {row[0] for row in db.execute("SELECT id FROM tasks")}
+            gone = sorted(known - live)
+            db.executemany("DELETE FROM tasks WHERE id = ?", [(i,) for i in gone])
+        return {"added": len(rows), "removed": len(gone)}
+
+    def mark_labelled(self, task_ids: Iterable[int]) -> None:
+        """Record exactly these tasks as labelled (the others become unlabelled)."""
+        with closing(self._connect()) as db, db:
+            db.execute("UPDATE tasks SET labelled = 0")
+            db.executemany("UPDATE tasks SET labelled = 1 WHERE id = ?", [(int(i),) for i in task_ids])
+
+    def unlabelled(self) -> tuple[list[int], list[str]]:
+        """Ids and texts of the unlabelled pool, ascending by id."""
+        with closing(self._connect()) as db:
+            rows = db.execute("SELECT id, text FROM tasks WHERE labelled = 0 ORDER BY id").fetchall()
+        return [r[0] for r in rows], [r[1] for r in rows]
+
+    def texts_of(self, task_ids: Iterable[int]) -> dict[int, str]:
+        """Texts of the given unlabelled tasks that the index knows."""
+        wanted = {int(i) for i in task_ids}
+        ids, texts = self.unlabelled()
+        return {i: t for i, t in zip(ids, texts) if i in wanted}
+
+    def set_values(self, values: dict[int, float], replace_all: bool) -> None:
+        """Store acquisition values of the current model (replace_all clears older ones)."""
+        with closing(self._connect()) as db, db:
+            if replace_all:
+                db.execute("UPDATE tasks SET value = NULL")
+            db.executemany("UPDATE tasks SET value = ? WHERE id = ?",
+                           [(float(v), int(i)) for i, v in values.items()])
+
+    def values(self) -> list[float]:
+        """Acquisition values stored for the unlabelled pool."""
+        with closing(self._connect()) as db:
+            rows = db.execute("SELECT value FROM tasks WHERE labelled = 0 AND value IS NOT NULL")
+            return [r[0] for r in rows]
+
+
+def _rows(tasks: list[dict], spec: TaskSpec) -> list[tuple[int, str, str]]:
+    rows = []
+    for task in tasks:
+        try:
+            text = task_text(task, spec)
+        except TaskDataError:
+            continue  # a task without the configured field cannot be scored; skip it
+        rows.append((int(task["id"]), text, text_hash(text)))
+    return rows
+
+
+def _meta(db: sqlite3.Connection, key: str) -> str | None:
+    row = db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+    return row[0] if row else None
+
+
+def _set_meta(db: sqlite3.Connection, key: str, value: str) -> None:
+    db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
