@@ -124,7 +124,7 @@ def labels_from_probs(probs: Sequence[float], spec: TaskSpec, threshold: float =
     if len(probs) != len(spec.classes):
         raise ValueError(f"got {len(probs)} probabilities for {len(spec.classes)} classes")
     if spec.multilabel:
-        return [c for c, p in zip(spec.classes, probs) if p >= threshold]
+        return [c for c, p in zip(spec.classes, probs, strict=True) if p >= threshold]
     best = max(range(len(probs)), key=lambda i: probs[i])
     return [spec.classes[best]]
 

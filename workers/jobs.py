@@ -7,7 +7,6 @@ the work-horse after RQ's fork, so CUDA is never initialised in a parent process
 
 from __future__ import annotations
 
-import bisect
 import logging
 import time
 from dataclasses import dataclass
@@ -19,9 +18,17 @@ from rq import get_current_job
 
 from backend import metrics, projects
 from backend import queue as jobs_queue
-from backend.labeling import (TaskDataError, TaskSpec, annotation_target, labels_from_probs,
-                              parse_label_config, prediction_for, task_text)
+from backend.labeling import (
+    TaskDataError,
+    TaskSpec,
+    annotation_target,
+    labels_from_probs,
+    parse_label_config,
+    prediction_for,
+    task_text,
+)
 from backend.settings import Settings
+from workers.publishing import build_predictions, percentile_scores, publish
 from workers.task_index import TaskIndex
 
 log = logging.getLogger(__name__)
@@ -182,11 +189,6 @@ def _train(r: Redis, project_id: int) -> str | None:
 # ---------------------------------------------------------------- rescore and publish
 
 
-def cold_start_version(project_id: int) -> str:
-    """The version name of priorities published before any model exists."""
-    return f"p{int(project_id)}-v0000-cold"
-
-
 def rescore(project_id: int, version: str | None) -> dict:
     """Score the unlabelled pool with `version` (None: cold start) and publish the priorities."""
     r, settings = _redis(), _settings()
@@ -194,60 +196,23 @@ def rescore(project_id: int, version: str | None) -> dict:
     if version != current:
         log.info("project %s: skip rescore of %s, newest is %s", project_id, version, current)
         return {"skipped": True, "version": version, "current": current}
+    name = version or projects.cold_start_version(project_id)
     with metrics.timed(r, "al_rescore_seconds"):
         client = client_for(r, project_id)
-        spec = _spec(client, project_id)
+        project = client.get_project(project_id)
+        spec = parse_label_config(project["label_config"])
         index = TaskIndex(settings.model_dir, project_id)
         index.sync(client, spec)
         ids, texts = index.unlabelled()
         model = _store().load(project_id, version) if version else None
         ranking = _learner().rank(model, texts, seed=settings.seed, progress=_progress("scoring"))
-        predictions = build_predictions(ids, ranking, spec, version or cold_start_version(project_id),
-                                        settings.publish_top_k)
-        publish(r, client, project_id, version or cold_start_version(project_id), predictions)
-        index.set_values({i: float(v) for i, v in zip(ids, ranking.values.tolist())}, replace_all=True)
+        predictions = build_predictions(ids, ranking, spec, name, settings.publish_top_k)
+        publish(r, client, project_id, name, predictions, _policy(),
+                ls_version=project.get("model_version"), progress=_progress("publishing"))
+        values = ranking.values.tolist()
+        index.set_values({i: float(v) for i, v in zip(ids, values, strict=True)}, replace_all=True)
     metrics.inc(r, "al_tasks_scored_total", amount=len(predictions))
     return {"skipped": False, "version": version, "published": len(predictions), "pool": len(ids)}
-
-
-def build_predictions(ids: list[int], ranking, spec: TaskSpec, version: str, top_k: int) -> list[dict]:
-    """LS predictions for the top_k tasks of a ranking (0 = all): score = priority."""
-    order = ranking.order.tolist()
-    if top_k > 0:
-        order = order[:top_k]
-    scores = ranking.scores.tolist()
-    probs = ranking.probs.tolist() if ranking.probs is not None else None
-    return [
-        prediction_for(ids[i], labels_from_probs(probs[i], spec) if probs else [], spec,
-                       scores[i], version)
-        for i in order
-    ]
-
-
-def publish(r: Redis, client, project_id: int, version: str, predictions: list[dict]) -> None:
-    """Import a version's predictions, then switch LS to it, then clean the old one up.
-
-    A failure before the switch leaves the previous priorities live. A retry first deletes
-    whatever a failed attempt imported for this version, so it never duplicates.
-    """
-    policy = _policy()
-    if projects.published_version(r, project_id) == version:
-        return  # an earlier attempt switched already
-    unfinished = projects.importing_version(r, project_id)
-    if unfinished == version:
-        client.delete_predictions(project_id, version)
-    elif unfinished is not None:
-        jobs_queue.enqueue_cleanup(r, project_id, unfinished, policy)
-    projects.set_importing_version(r, project_id, version)
-    _progress("publishing")(0, len(predictions))
-    client.import_predictions(project_id, predictions)
-    client.set_model_version(project_id, version)
-    previous = projects.published_version(r, project_id)
-    projects.set_published_version(r, project_id, version)
-    projects.set_importing_version(r, project_id, None)
-    _progress("publishing")(len(predictions), len(predictions))
-    if previous and previous != version:
-        jobs_queue.enqueue_cleanup(r, project_id, previous, policy)
 
 
 def delete_version(project_id: int, version: str) -> int:
@@ -261,23 +226,12 @@ def delete_version(project_id: int, version: str) -> int:
 # ---------------------------------------------------------------- new tasks
 
 
-def percentile_scores(pool_values: list[float], new_values: list[float]) -> list[float]:
-    """Place new tasks in the live order: score = share of the pool more informative than them.
-
-    Lower score = label sooner, as in a full ranking. With an empty pool every score is 0.
-    """
-    ranked = sorted(pool_values)
-    n = len(ranked)
-    if n == 0:
-        return [0.0 for _ in new_values]
-    return [(n - bisect.bisect_right(ranked, v)) / n for v in new_values]
-
-
 def score_new_tasks(project_id: int, task_ids: list[int]) -> dict:
     """Give just-created tasks a priority under the live model (skipped before any model)."""
     r, settings = _redis(), _settings()
     version = projects.published_version(r, project_id)
-    model = _store().load(project_id, version) if version and "-cold" not in version else None
+    live = version and not projects.is_cold_start(version)
+    model = _store().load(project_id, version) if live else None
     if model is None:
         return {"skipped": True, "reason": "no live model yet"}
     client = client_for(r, project_id)
@@ -293,9 +247,9 @@ def score_new_tasks(project_id: int, task_ids: list[int]) -> dict:
     scores = percentile_scores(index.values(), values)
     probs = ranking.probs.tolist()
     predictions = [prediction_for(i, labels_from_probs(p, spec), spec, s, version)
-                   for i, p, s in zip(ids, probs, scores)]
+                   for i, p, s in zip(ids, probs, scores, strict=True)]
     client.import_predictions(project_id, predictions)
-    index.set_values(dict(zip(ids, values)), replace_all=False)
+    index.set_values(dict(zip(ids, values, strict=True)), replace_all=False)
     metrics.inc(r, "al_tasks_scored_total", amount=len(predictions))
     return {"skipped": False, "scored": len(predictions), "version": version}
 

@@ -75,7 +75,7 @@ class TaskIndex:
         """Texts of the given unlabelled tasks that the index knows."""
         wanted = {int(i) for i in task_ids}
         ids, texts = self.unlabelled()
-        return {i: t for i, t in zip(ids, texts) if i in wanted}
+        return {i: t for i, t in zip(ids, texts, strict=True) if i in wanted}
 
     def set_values(self, values: dict[int, float], replace_all: bool) -> None:
         """Store acquisition values of the current model (replace_all clears older ones)."""

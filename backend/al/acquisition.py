@@ -132,7 +132,8 @@ def variation_ratios(probs: torch.Tensor, multilabel: bool = False) -> torch.Ten
     return 1 - counts.max(dim=-1).values / t
 
 
-def random_values(probs: torch.Tensor, multilabel: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
+def random_values(probs: torch.Tensor, multilabel: bool = False,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
     """Uniform random values, the baseline every strategy must beat. (N, T, C) -> (N,)."""
     probs = validate_probs(probs, multilabel)
     return torch.rand(probs.shape[0], generator=generator, dtype=torch.float64).to(probs.dtype)
@@ -151,7 +152,8 @@ STRATEGIES: dict[str, Acquisition] = {
 """Acquisition functions by the name the settings and the CLI use."""
 
 
-def acquire(name: str, probs: torch.Tensor, multilabel: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
+def acquire(name: str, probs: torch.Tensor, multilabel: bool = False,
+            generator: torch.Generator | None = None) -> torch.Tensor:
     """Apply the named acquisition function. (N, T, C) -> (N,)."""
     if name not in STRATEGIES:
         raise ValueError(f"unknown strategy {name!r}; choose from {', '.join(STRATEGIES)}")

@@ -152,12 +152,17 @@ class MCDropoutHead(nn.Module):
         The first layer is deterministic, so it runs once; only the masks and the
         output layer are repeated T times.
         """
-        keep = 1 - self.dropout
+        # Masks from random bytes: 4x less memory traffic than float uniforms. The keep
+        # probability is quantised to k/256 and the scale uses that exact value, so the
+        # expectation of every sample is still the deterministic forward pass.
+        threshold = max(1, min(255, round((1 - self.dropout) * 256)))
+        keep = threshold / 256
         parts = []
         for start in range(0, x.shape[0], chunk):
             h = F.relu(self.hidden(x[start:start + chunk]))  # (n, H)
-            masks = torch.rand((samples, *h.shape), generator=generator, device=h.device) < keep
-            dropped = h.unsqueeze(0) * masks / keep  # (T, n, H)
+            noise = torch.randint(0, 256, (samples, *h.shape), generator=generator, dtype=torch.uint8,
+                                  device=h.device)
+            dropped = h.unsqueeze(0) * (noise < threshold) / keep  # (T, n, H)
             parts.append(self.out(dropped).permute(1, 0, 2))  # (n, T, C)
         if not parts:
             return x.new_zeros(0, samples, self.out.out_features)

@@ -13,6 +13,7 @@ keeping the best weights.
 from __future__ import annotations
 
 import copy
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable
 
@@ -35,6 +36,7 @@ class TrainConfig:
     val_fraction: float = 0.15
     class_weights: bool = True
     seed: int = 0
+    threads: int | None = None  # intra-op threads while training; None leaves torch's setting
 
 
 def class_weights(targets: torch.Tensor, multilabel: bool) -> torch.Tensor:
@@ -52,7 +54,8 @@ def class_weights(targets: torch.Tensor, multilabel: bool) -> torch.Tensor:
     return torch.where(counts > 0, weights, torch.ones_like(counts))
 
 
-def loss_fn(logits: torch.Tensor, targets: torch.Tensor, multilabel: bool, weights: torch.Tensor | None) -> torch.Tensor:
+def loss_fn(logits: torch.Tensor, targets: torch.Tensor, multilabel: bool,
+            weights: torch.Tensor | None) -> torch.Tensor:
     """Weighted cross-entropy (single-label) or BCE with positive weights (multi-label)."""
     if multilabel:
         return F.binary_cross_entropy_with_logits(logits, targets, pos_weight=weights)
@@ -84,7 +87,7 @@ def fit(
     """
     if n == 0:
         raise ValueError("cannot train on an empty label set")
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), _threads(config.threads):
         torch.manual_seed(config.seed)
         generator = torch.Generator().manual_seed(config.seed)
         train_idx, val_idx = split_validation(n, config, generator)
@@ -95,6 +98,20 @@ def fit(
             return _fit_fixed(model, forward, train_idx, targets, multilabel, weights, optimizer, config, progress)
         return _fit_early_stopping(model, forward, train_idx, val_idx, targets, multilabel, weights,
                                    optimizer, config, generator, progress)
+
+
+@contextmanager
+def _threads(count: int | None):
+    """Temporarily run torch ops on `count` threads."""
+    if count is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _step(model, forward, idx, targets, multilabel, weights, optimizer) -> float:

@@ -31,12 +31,14 @@ class FakeLabelStudio:
         self.fail: dict[str, Exception] = {}  # method name -> exception raised (once)
         self.import_fail_after: int | None = None  # import this many, then fail (once)
         self.block_annotated: threading.Event | None = None  # annotated_tasks waits on it
+        self.listed_after: list[int] = []  # after_id of every list_tasks call
+        self.switch_then_fail = False  # set_model_version applies, then the reply is lost (once)
         self.lock = threading.Lock()
 
     def add_tasks(self, texts: list[str]) -> list[int]:
         start = max(self.tasks, default=0) + 1
         ids = list(range(start, start + len(texts)))
-        self.tasks.update(zip(ids, texts))
+        self.tasks.update(zip(ids, texts, strict=True))
         return ids
 
     def client(self, url: str, api_key: str) -> "FakeClient":
@@ -67,6 +69,7 @@ class FakeClient:
 
     def list_tasks(self, project_id, after_id=0):
         self._enter("list_tasks", project_id)
+        self.ls.listed_after.append(after_id)
         return [{"id": i, "data": {"text": t}} for i, t in sorted(self.ls.tasks.items()) if i > after_id]
 
     def task_ids(self, project_id):
@@ -99,6 +102,9 @@ class FakeClient:
     def set_model_version(self, project_id, version):
         self._enter("set_model_version", project_id)
         self.ls.model_version = version
+        if self.ls.switch_then_fail:
+            self.ls.switch_then_fail = False
+            raise LabelStudioError("read timed out (fake), after LS applied the switch")
 
     def delete_predictions(self, project_id, model_version):
         self._enter("delete_predictions", project_id)

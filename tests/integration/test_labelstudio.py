@@ -44,7 +44,7 @@ def choice(label: str) -> list[dict]:
 
 def predictions(task_ids, scores, version):
     return [{"task": t, "result": choice("World"), "score": s, "model_version": version}
-            for t, s in zip(task_ids, scores)]
+            for t, s in zip(task_ids, scores, strict=True)]
 
 
 def test_get_project_reports_config_sampling_and_model_version(ls, client, project):
@@ -118,7 +118,7 @@ def test_uncertainty_sampling_serves_the_lowest_score_of_the_current_version(ls,
     client.set_sampling(pid)
     client.set_model_version(pid, "v-new")
 
-    ranked = [t for _, t in sorted(zip(new_scores, ids))]
+    ranked = [t for _, t in sorted(zip(new_scores, ids, strict=True))]
     first = api.next_task(pid)
     assert first["id"] == ranked[0]
 
@@ -137,7 +137,8 @@ def test_uncertainty_sampling_serves_the_lowest_score_of_the_current_version(ls,
 
 def test_ensure_view_is_idempotent_and_orders_by_priority(ls, client, project):
     pid, ids = project
-    scores = [random.Random(3).random() for _ in ids]
+    rng = random.Random(3)
+    scores = [rng.random() for _ in ids]
     client.import_predictions(pid, predictions(ids, scores, "v1"))
     client.set_model_version(pid, "v1")
 
@@ -147,7 +148,7 @@ def test_ensure_view_is_idempotent_and_orders_by_priority(ls, client, project):
     assert [v["data"]["title"] for v in views].count("Active learning queue") == 1
 
     listed = ls.api().call("GET", "/api/tasks", params={"view": view_id, "page_size": 100, "include": "id"})
-    assert [t["id"] for t in listed["tasks"]] == [t for _, t in sorted(zip(scores, ids))]
+    assert [t["id"] for t in listed["tasks"]] == [t for _, t in sorted(zip(scores, ids, strict=True))]
 
 
 def test_import_predictions_for_a_missing_task_fails_with_a_reason(client, project):

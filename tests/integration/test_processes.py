@@ -107,3 +107,22 @@ def test_embedded_stack_starts_serves_and_stops_together(tmp_path, tiny_encoder)
     assert proc.returncode == 0, output[-3000:]
     with pytest.raises(OSError):
         _get(base + "/health", timeout=1)
+
+
+def test_start_up_paths_never_initialise_cuda(redis_url):
+    """Web app and worker start-up must leave CUDA alone (RQ and gunicorn fork after them)."""
+    code = (
+        "import torch\n"
+        "from backend.app import create_app\n"
+        "from backend.settings import Settings\n"
+        "import workers.__main__, workers.jobs\n"
+        "from workers.worker import ReconcilingWorker\n"
+        "from redis import Redis\n"
+        f"create_app(Settings(redis_url={redis_url!r}))\n"
+        f"ReconcilingWorker(['train'], connection=Redis.from_url({redis_url!r}), settings=Settings())\n"
+        "print('cuda initialised:', torch.cuda.is_initialized())\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=_env(), capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "cuda initialised: False" in result.stdout

@@ -42,7 +42,8 @@ def _finished(r, func: str) -> list[Job]:
     found = []
     for name in jobs_queue.QUEUES:
         registry = FinishedJobRegistry(name, connection=r)
-        found += [j for j in Job.fetch_many(registry.get_job_ids(), connection=r) if j and j.func_name == func]
+        jobs = Job.fetch_many(registry.get_job_ids(), connection=r)
+        found += [j for j in jobs if j and j.func_name == func]
     return found
 
 
@@ -88,9 +89,18 @@ def test_cold_start_publishes_a_first_order(web, ls, r):
     ls.annotations.clear()
     web.post("/setup", json={"project": "1.17", "schema": ls.label_config})
     drain(r)
-    assert ls.model_version == jobs.cold_start_version(1)
+    assert ls.model_version == projects.cold_start_version(1)
     assert len(ls.live_predictions()) == len(ls.tasks)
     assert all(p["result"] == [] for p in ls.live_predictions())
+    tasks = [{"id": 1, "data": {"text": "good"}}]
+    response = web.post("/predict", json={"tasks": tasks, "project": "1.1", "label_config": ls.label_config})
+    assert response.status_code == 200
+    assert response.get_json()["results"][0]["model_version"] == "cold-start"
+    # TASKS_CREATED before any model: nothing to score with, nothing imported.
+    new_ids = ls.add_tasks(["fresh task"])
+    web.post("/webhook", json={"action": "TASKS_CREATED", "project": {"id": 1}, "tasks": [{"id": new_ids[0]}]})
+    drain(r)
+    assert all(p["task"] != new_ids[0] for p in ls.predictions)
 
 
 def test_burst_after_which_one_retrain_runs(web, ls, r, settings):
@@ -183,6 +193,39 @@ def test_publish_is_atomic_and_retry_is_idempotent(web, ls, r, settings):
     assert ls.live_predictions(old) == []
 
 
+def test_retry_after_a_switch_whose_reply_was_lost(web, ls, r):
+    ls.switch_then_fail = True
+    web.post("/webhook", json={"action": "START_TRAINING", "project": 1})
+    drain(r)
+    (failed,) = Job.fetch_many(FailedJobRegistry("score", connection=r).get_job_ids(), connection=r)
+    new = failed.args[1]
+    assert ls.model_version == new and projects.published_version(r, 1) != new
+    imported = [dict(p) for p in ls.live_predictions(new)]
+    deletes = ls.calls["delete_predictions"]
+    FailedJobRegistry("score", connection=r).requeue(failed.id)
+    drain(r)
+    assert projects.published_version(r, 1) == new
+    assert ls.calls["delete_predictions"] == deletes  # nothing re-imported, nothing deleted
+    assert ls.live_predictions(new) == imported
+
+
+def test_rounds_read_only_new_tasks_and_drop_deleted_ones(web, ls, r):
+    web.post("/webhook", json={"action": "START_TRAINING", "project": 1})
+    drain(r)
+    assert ls.listed_after[0] == 0
+    known_max = max(ls.tasks)
+    gone = next(i for i in sorted(ls.tasks) if i not in ls.annotations)
+    del ls.tasks[gone]
+    (added,) = ls.add_tasks(["brand new good film"])
+    ls.listed_after.clear()
+    web.post("/webhook", json={"action": "START_TRAINING", "project": 1})
+    drain(r)
+    assert ls.listed_after and min(ls.listed_after) == known_max  # never the whole project again
+    tasks = {p["task"] for p in ls.live_predictions()}
+    assert gone not in tasks and added in tasks
+    assert tasks == set(ls.tasks) - set(ls.annotations)
+
+
 def test_stale_rescore_is_skipped(ls, r, settings):
     jobs_queue.enqueue_retrain(r, 1, jobs_queue.JobPolicy(retries=0), "a")
     drain(r)
@@ -258,3 +301,42 @@ def test_reconcile_timer_fires_once_per_interval(r):
     assert jobs_queue.schedule_reconcile_if_due(r, 60, policy) is None
     assert jobs_queue.schedule_reconcile_if_due(r, 0, policy) is None
     assert [j.func_name for j in Queue("train", connection=r).jobs] == ["workers.jobs.reconcile"]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")
+def test_retrain_uses_the_gpu_when_there_is_one(ls, r, settings):
+    jobs_queue.enqueue_retrain(r, 1, jobs_queue.JobPolicy(retries=0), "gpu")
+    drain(r)
+    assert jobs._learner().device.type == "cuda"
+    assert ls.model_version.startswith("p1-v")
+
+
+def test_worker_timer_enqueues_reconcile_and_it_retrains(ls, r, settings):
+    import dataclasses
+
+    from tests.integration.workers_helper import InProcessWorker
+    from workers.worker import ReconcilingWorker
+
+    class Worker(InProcessWorker, ReconcilingWorker):
+        """Our worker's timer with in-process job execution (the fake LS lives in this process)."""
+
+    projects.register(r, 1)  # known, but its annotations' webhooks were all lost
+    timed = dataclasses.replace(settings, reconcile_interval=60)
+    worker = Worker(list(jobs_queue.QUEUES), connection=r, settings=timed)
+    assert worker.maintenance_interval == 60 and worker.dequeue_timeout <= 60
+    worker.work(burst=True, logging_level="WARNING")
+    assert [j.func_name for j in _finished(r, "workers.jobs.reconcile")] == ["workers.jobs.reconcile"]
+    assert projects.trained_count(r, 1) == 8 and ls.model_version.startswith("p1-v")
+    # A second worker within the interval does not enqueue another reconcile.
+    Worker(list(jobs_queue.QUEUES), connection=r, settings=timed).work(burst=True, logging_level="WARNING")
+    assert len(_finished(r, "workers.jobs.reconcile")) == 1
+
+
+def test_a_new_order_does_not_wait_behind_old_prediction_deletes(r):
+    policy = jobs_queue.JobPolicy(retries=0)
+    jobs_queue.enqueue_cleanup(r, 1, "p1-v0001-aaaaaa", policy)
+    jobs_queue.enqueue_score_new(r, 1, [5], policy)
+    jobs_queue.enqueue_rescore(r, 1, "p1-v0002-bbbbbb", policy)
+    assert [j.func_name for j in Queue("score", connection=r).jobs] == [
+        "workers.jobs.rescore", "workers.jobs.delete_version", "workers.jobs.score_new_tasks"]

@@ -2,8 +2,16 @@
 
 import pytest
 
-from backend.labeling import (LabelConfigError, TaskDataError, TaskSpec, annotation_target,
-                              labels_from_probs, parse_label_config, prediction_for, task_text)
+from backend.labeling import (
+    LabelConfigError,
+    TaskDataError,
+    TaskSpec,
+    annotation_target,
+    labels_from_probs,
+    parse_label_config,
+    prediction_for,
+    task_text,
+)
 
 SINGLE = """<View>
   <Text name="text" value="$review"/>

@@ -122,9 +122,11 @@ def test_fit_is_reproducible(tiny_bert, tmp_path):
 
 
 def test_warm_start_uses_previous_weights(tiny_bert, tmp_path):
-    learner = ActiveLearner(EngineConfig(encoder=str(tiny_bert)), tmp_path)
+    learner = ActiveLearner(EngineConfig(encoder=str(tiny_bert), warm_start=True), tmp_path)
     first = learner.fit(TEXTS, LABELS, CLASSES)
     second = learner.fit(TEXTS, LABELS, CLASSES, previous=first)
+    fresh = ActiveLearner(EngineConfig(encoder=str(tiny_bert)), tmp_path).fit(TEXTS, LABELS, CLASSES, previous=first)
+    assert fresh.meta["warm_start"] is False  # the default trains from scratch
     assert second.meta["warm_start"] is True and first.meta["warm_start"] is False
     other_classes = learner.fit(TEXTS, LABELS, CLASSES + ["Extra"], previous=first)
     assert other_classes.meta["warm_start"] is False  # incompatible head: start over

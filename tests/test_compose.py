@@ -1,0 +1,126 @@
+"""docker-compose.yml, Dockerfile and README agree with the code (no Docker engine needed)."""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import re
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+import yaml
+
+from backend.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+README = (ROOT / "README.md").read_text()
+OUR_SERVICES = ("web", "worker")
+
+
+def settings_docs() -> dict[str, tuple[str, str]]:
+    """ENV_NAME -> (default as written in settings.py, doc line), read from the source."""
+    tree = ast.parse((ROOT / "backend" / "settings.py").read_text())
+    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Settings")
+    docs, body = {}, cls.body
+    for node, after in zip(body, body[1:] + [None], strict=True):
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            is_doc = isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant)
+            value = node.value
+            default = ast.unparse(value) if isinstance(value, ast.Call) else ast.literal_eval(value)
+            docs[node.target.id.upper()] = (default, after.value.value if is_doc else "")
+    return docs
+
+
+def readme_settings() -> dict[str, str]:
+    """ENV_NAME -> default column of the README's settings table."""
+    rows = re.findall(r"^\| `([A-Z_]+)` \| ([^|]*) \|", README, flags=re.M)
+    return {name: default.strip() for name, default in rows}
+
+
+def test_every_setting_has_a_doc_line_naming_it():
+    docs = settings_docs()
+    assert set(docs) == {f.name.upper() for f in fields(Settings)}
+    for env, (_, doc) in docs.items():
+        assert doc.startswith(f"{env}: "), env
+
+
+def test_readme_documents_every_setting_with_its_default():
+    documented = readme_settings()
+    assert set(documented) == {f.name.upper() for f in fields(Settings)}
+    defaults = Settings()
+    for f in fields(Settings):
+        value = getattr(defaults, f.name)
+        expected = ("true" if value else "false") if isinstance(value, bool) else str(value)
+        shown = documented[f.name.upper()].strip("`")
+        assert shown == (expected if expected else "(empty)"), f.name
+
+
+@pytest.mark.parametrize("service", OUR_SERVICES)
+def test_service_env_vars_are_settings(service):
+    env = COMPOSE["services"][service]["environment"]
+    names = {f.name.upper() for f in fields(Settings)}
+    assert set(env) <= names, set(env) - names
+    assert "REDIS_URL" in env and "LABEL_STUDIO_URL" in env and "MODEL_DIR" in env
+
+
+def test_compose_environment_parses_as_settings():
+    for service in OUR_SERVICES:
+        env = {k: re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", str(v))
+               for k, v in COMPOSE["services"][service]["environment"].items()}
+        settings = Settings.from_env(env)
+        assert settings.redis_url == "redis://redis:6379/0"
+
+
+@pytest.mark.parametrize("service", OUR_SERVICES)
+def test_service_commands_exist(service):
+    command = COMPOSE["services"][service]["command"]
+    assert command[:2] == ["python", "-m"]
+    module = command[2]
+    assert importlib.util.find_spec(module) is not None
+    assert importlib.util.find_spec(f"{module}.__main__") is not None
+
+
+def test_services_share_the_model_volume_and_one_image():
+    web, worker = (COMPOSE["services"][s] for s in OUR_SERVICES)
+    assert web["image"] == worker["image"]
+    assert "models:/data" in web["volumes"] and "models:/data" in worker["volumes"]
+    assert "models" in COMPOSE["volumes"]
+
+
+def test_worker_reserves_a_gpu():
+    devices = COMPOSE["services"]["worker"]["deploy"]["resources"]["reservations"]["devices"]
+    assert devices[0]["capabilities"] == ["gpu"] and devices[0]["driver"] == "nvidia"
+
+
+def test_label_studio_and_redis():
+    ls = COMPOSE["services"]["label-studio"]
+    assert ls["image"] == "heartexlabs/label-studio:1.23.2"
+    assert ls["environment"]["USE_DEFAULT_BANNED_SUBNETS"] == "false"
+    assert "--appendonly" in COMPOSE["services"]["redis"]["command"]
+
+
+def test_dockerfile_copies_what_the_commands_import():
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    for package in ("backend", "workers"):
+        assert f"COPY {package} ./{package}" in dockerfile
+    assert "ARG TORCH_INDEX" in dockerfile and "requirements.txt" in dockerfile
+
+
+def settings_table() -> str:
+    """The README's settings table, generated from backend/settings.py."""
+    defaults, docs = Settings(), settings_docs()
+    rows = ["| Variable | Default | What it does |", "|---|---|---|"]
+    for f in fields(Settings):
+        value = getattr(defaults, f.name)
+        shown = ("true" if value else "false") if isinstance(value, bool) else str(value)
+        doc = docs[f.name.upper()][1].split(": ", 1)[1].replace("|", "\\|")
+        rows.append(f"| `{f.name.upper()}` | {f'`{shown}`' if shown else '(empty)'} | {doc} |")
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":  # `python -m tests.test_compose` rewrites the README's settings table
+    text = (ROOT / "README.md").read_text()
+    (ROOT / "README.md").write_text(
+        re.sub(r"\| Variable \| Default \| What it does \|\n(\|.*\|\n)+", lambda _: settings_table(), text))
