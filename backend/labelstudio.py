@@ -1,11 +1,12 @@
 """The only module that talks to Label Studio (LS), through label-studio-sdk 2.x.
 
-LS is the slow part of every round (on SQLite, 10k tasks: listing ~3 s with only
-``id,data``, importing 10k predictions ~20 s, deleting 10k ~100 s), so each method
-asks for exactly what it needs: ``include=`` trims task and project fields on the
-server, a Data Manager filter (``tasks:id > after_id``) lists only new tasks, and
-predictions are imported in chunks. Every failure raises :class:`LabelStudioError`
-with a one-line reason.
+LS is the slow part of every round (LS 1.23 on SQLite, 2 cores, 10k tasks: listing
+``id,data`` ~3 s, importing 10k predictions 20-37 s, deleting a version's 10k in one
+request 31-40 s; see scripts/bench_publish.py), so each method asks for exactly what it
+needs: ``include=`` trims task and project fields on the server (counters included), a
+Data Manager filter (``tasks:id > after_id``) lists only new tasks, predictions are
+imported in chunks and deleted by model version in one call. Every failure raises
+:class:`LabelStudioError` with a one-line reason.
 
 Authentication: ``api_key`` is either a personal access token (a JWT refresh token;
 the SDK exchanges it for short-lived access tokens and refreshes them) or a legacy
@@ -30,7 +31,7 @@ QUEUE_COLUMNS = ("id", "total_annotations", "predictions_score", "predictions_mo
 IMPORT_CHUNK = 2000
 """Predictions per import request: big enough to amortise a request, small enough to stay well under timeouts."""
 DELETE_TIMEOUT = 900.0
-"""LS deletes predictions one row at a time (a per-row signal updates task counters): ~10 ms each."""
+"""LS deletes predictions one row at a time (a per-row signal updates task counters): ~4 ms each on SQLite."""
 ALL_TASKS = 1_000_000_000
 """A page size larger than any project: LS's task list has no page size cap unless TASK_API_PAGE_SIZE_MAX is set."""
 
@@ -94,7 +95,7 @@ class LabelStudioClient:
         return int(project.total_annotations_number)
 
     def set_model_version(self, project_id: int, version: str) -> None:
-        """Make `version`'s predictions the ones LS orders "Label All Tasks" by."""
+        """Make `version`'s predictions the ones LS orders "Label All Tasks" by (LS refuses a version without any)."""
         with self._call(f"set model_version of project {project_id} to {version!r}"):
             self._sdk.projects.update(project_id, model_version=version)
 
@@ -199,22 +200,27 @@ class LabelStudioClient:
 
     def _tasks(self, project_id: int, include: str, query: dict | None, what: str,
                all_fields: bool = False) -> list[dict]:
-        """One page holding every matching task, with only the `include`d fields serialized.
+        """Every matching task, with only the `include`d fields serialized, in as few pages as LS allows.
 
         The SDK's pager would parse every task into a model and ask for a page past the end;
         at 10k tasks that doubles the time. `review=true` keeps LS from calling a connected ML
         backend for tasks without predictions while listing (evaluate_predictions_automatically).
         """
         params: dict[str, Any] = {"project": project_id, "include": include, "page_size": ALL_TASKS,
-                                  "page": 1, "review": "true",
-                                  "fields": "all" if all_fields else "task_only"}
+                                  "review": "true", "fields": "all" if all_fields else "task_only"}
         if query is not None:
             params["query"] = json.dumps(query)
-        body = self._request("GET", "/api/tasks", what, params=params)
-        tasks = body.get("tasks") if isinstance(body, dict) else None
-        if not isinstance(tasks, list):
-            raise LabelStudioError(f"{what}: unexpected answer {_one_line(body)}")
-        return tasks
+        tasks: list[dict] = []
+        page = 1
+        while True:  # one page, unless the server caps page sizes (TASK_API_PAGE_SIZE_MAX)
+            body = self._request("GET", "/api/tasks", what, params={**params, "page": page})
+            batch = body.get("tasks") if isinstance(body, dict) else None
+            if not isinstance(batch, list):
+                raise LabelStudioError(f"{what}: unexpected answer {_one_line(body)}")
+            tasks += batch
+            if not batch or len(tasks) >= int(body.get("total") or 0):
+                return tasks
+            page += 1
 
     def _request(self, method: str, path: str, what: str, *, params: dict | None = None,
                  json: Any = None, timeout: float | None = None) -> Any:

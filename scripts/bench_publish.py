@@ -10,7 +10,8 @@ second N-task project, connects it through LS's API, labels RETRAIN_EVERY tasks 
 "Label All Tasks" serves them, and times the last annotation (the retrain trigger) until
 LS's project model_version switches to the new model, i.e. the new priorities are live.
 
-    .venv/bin/python scripts/bench_publish.py [--tasks 10000] [--encoder PATH] [--json out.json]
+    .venv/bin/python scripts/bench_publish.py [--tasks 10000] [--encoder PATH] [--publish-top-k 1000]
+                                              [--skip-client | --skip-service] [--json out.json]
 """
 
 from __future__ import annotations
@@ -58,6 +59,9 @@ def bench_client(ls: LabelStudioServer, n: int, results: dict) -> None:
     timed(results, "list_tasks (all, id+data)", lambda: client.list_tasks(pid))
     timed(results, "list_tasks(after_id) for the last 100", lambda: client.list_tasks(pid, after_id=ids[-101]))
     timed(results, "task_ids", lambda: client.task_ids(pid))
+    # reference: the same listing without review=true (which keeps LS from calling ML backends)
+    timed(results, "  (raw GET /api/tasks ids, without review=true)", lambda: api.call(
+        "GET", "/api/tasks", params={"project": pid, "include": "id", "page_size": n}))
     timed(results, "count_annotations", lambda: client.count_annotations(pid))
     result = [{"from_name": "label", "to_name": "text", "type": "choices", "value": {"choices": ["World"]}}]
 
@@ -80,7 +84,7 @@ def bench_client(ls: LabelStudioServer, n: int, results: dict) -> None:
 
 def bench_service(ls: LabelStudioServer, n: int, encoder: str | None, publish_top_k: int, results: dict) -> None:
     api = ls.api(timeout=900)
-    pat = api.call("POST", "/api/token/")["token"]
+    pat = ls.personal_access_token()
     workdir = Path(tempfile.mkdtemp(prefix="bench-publish-"))
     settings = {"LABEL_STUDIO_URL": ls.url, "LABEL_STUDIO_API_KEY": pat, "RECONCILE_INTERVAL": "0",
                 "PUBLISH_TOP_K": str(publish_top_k)}
@@ -139,6 +143,7 @@ def main() -> int:
     parser.add_argument("--encoder", default=None, help="ENCODER for the service (default: the service default)")
     parser.add_argument("--publish-top-k", type=int, default=1000,
                         help="PUBLISH_TOP_K for the service (default 1000, the service default; 0 = all)")
+    parser.add_argument("--skip-client", action="store_true", help="only time the service loop")
     parser.add_argument("--skip-service", action="store_true", help="only time the LS client calls")
     parser.add_argument("--json", type=Path, help="also write the timings here")
     args = parser.parse_args()
@@ -151,7 +156,8 @@ def main() -> int:
     results: dict[str, float] = {}
     try:
         timed(results, "Label Studio init + start", ls.start)
-        bench_client(ls, args.tasks, results)
+        if not args.skip_client:
+            bench_client(ls, args.tasks, results)
         if not args.skip_service:
             bench_service(ls, args.tasks, args.encoder, args.publish_top_k, results)
     except Exception:

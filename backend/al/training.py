@@ -4,10 +4,11 @@ Targets are a float matrix ``(N, C)``: one-hot rows for single-label, 0/1 rows f
 multi-label. Class weights are inverse frequencies over the classes present, so an
 imbalanced label set does not collapse onto its majority class.
 
-Schedule: tiny label sets (fewer than ``min_val`` items) train a fixed number of
-full-batch steps, where a held-out split would cost more labels than it saves;
-larger sets hold out ``val_fraction`` and stop when validation loss stops improving,
-keeping the best weights.
+Schedule: label sets smaller than ``min_val`` train a fixed number of steps (at
+least ``tiny_steps``, at least ``min_epochs`` epochs): there a held-out split costs
+labels and its loss is too noisy to stop on (on TREC-6 early stopping at 200-500
+labels lost 8 accuracy points). Larger sets hold out ``val_fraction`` and stop when
+validation loss stops improving, keeping the best weights.
 """
 
 from __future__ import annotations
@@ -26,13 +27,14 @@ from torch import nn
 class TrainConfig:
     """Optimisation settings for the head (and, with smaller lr, for full fine-tuning)."""
 
-    lr: float = 3e-3
-    weight_decay: float = 1e-3
-    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 1e-2
+    batch_size: int = 32
     tiny_steps: int = 200
+    min_epochs: int = 5
     max_epochs: int = 100
     patience: int = 5
-    min_val: int = 200
+    min_val: int = 2000
     val_fraction: float = 0.15
     class_weights: bool = True
     seed: int = 0
@@ -126,12 +128,13 @@ def _step(model, forward, idx, targets, multilabel, weights, optimizer) -> float
 def _fit_fixed(model, forward, train_idx, targets, multilabel, weights, optimizer, config, progress) -> dict:
     loss = float("nan")
     batches = train_idx.split(config.batch_size)
-    for step in range(config.tiny_steps):
+    steps = max(config.tiny_steps, config.min_epochs * len(batches))
+    for step in range(steps):
         loss = _step(model, forward, batches[step % len(batches)], targets, multilabel, weights, optimizer)
         if progress and (step + 1) % 50 == 0:
-            progress(step + 1, config.tiny_steps)
+            progress(step + 1, steps)
     model.eval()
-    return {"steps": config.tiny_steps, "train_loss": loss, "val_loss": None, "epochs": None}
+    return {"steps": steps, "train_loss": loss, "val_loss": None, "epochs": None}
 
 
 def _fit_early_stopping(model, forward, train_idx, val_idx, targets, multilabel, weights,

@@ -55,7 +55,7 @@ def start_backend(ls_server, encoder: str, api_key: str, **settings: str) -> Bac
 @pytest.fixture(scope="module")
 def backend(ls_server, e2e_encoder):  # noqa: F811
     """The backend as a real process, authenticated to LS with a personal access token."""
-    pat = ls_server.api().call("POST", "/api/token/")["token"]
+    pat = ls_server.personal_access_token()
     service = start_backend(ls_server, e2e_encoder, pat)
     yield service
     service.stop()

@@ -87,6 +87,7 @@ class LabelStudioServer:
     password: str = "admin-pass-1234"
     token: str = "e2e0legacy0token0123456789abcdef"
     process: subprocess.Popen | None = None
+    _pat: str | None = field(default=None, repr=False)
 
     @property
     def url(self) -> str:
@@ -145,6 +146,12 @@ class LabelStudioServer:
         except OSError:
             return "(no Label Studio log)"
         return "--- Label Studio log (tail) ---\n" + "\n".join(text[-lines:])
+
+    def personal_access_token(self) -> str:
+        """The admin's personal access token (a JWT refresh token); LS allows one per user, so it is cached."""
+        if self._pat is None:
+            self._pat = str(self.api().call("POST", "/api/token/")["token"])
+        return self._pat
 
     def api(self, token: str | None = None, timeout: float = 120.0) -> "LSApi":
         """A test-side HTTP client for set-up steps the service never does (projects, tasks, users)."""

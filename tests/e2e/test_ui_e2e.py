@@ -110,13 +110,20 @@ def live_version(api: LSApi, pid: int, other_than: str = "") -> str | None:
     return version if version and re.fullmatch(rf"p{pid}-v\d{{4}}-\w+", version) and version != other_than else None
 
 
-def ranking(api: LSApi, pid: int, version: str, include_held: bool = False) -> list[int]:
+def published_order(api: LSApi, pid: int, version: str) -> list[int]:
+    """All task ids with a prediction of `version`, lowest score first."""
+    rows = api.call("GET", "/api/predictions/", params={"project": pid})
+    return [task for _, task in sorted((p["score"], p["task"]) for p in rows if p["model_version"] == version)]
+
+
+def ranking(api: LSApi, pid: int, version: str) -> list[int]:
     """Unlabelled task ids no one holds, lowest published score (= label first) first."""
     tasks = api.call("GET", "/api/tasks", params={"project": pid, "page_size": 100000,
                                                   "include": "id,total_annotations"})["tasks"]
     labelled = {t["id"] for t in tasks if t["total_annotations"]}
     rows = api.call("GET", "/api/predictions/", params={"project": pid})
-    scored = [(p["score"], p["task"]) for p in rows if p["model_version"] == version and p["task"] not in labelled | (set() if include_held else HELD)]
+    skip = labelled | HELD
+    scored = [(p["score"], p["task"]) for p in rows if p["model_version"] == version and p["task"] not in skip]
     return [task for _, task in sorted(scored)]
 
 
@@ -243,9 +250,8 @@ def test_queue_view_lists_tasks_by_priority(ls_server, backend, ui_project, brow
     page.wait_for_timeout(1000)
     screens.take(page, "queue-view")
     shown = [row.split("\n")[0].strip() for row in rows.all_inner_texts()[:5]]
-    # LS orders by the average score over all of a task's predictions of the current version;
-    # tasks someone holds are still listed here.
-    expected = ranking(api, pid, version, include_held=True)
+    # The tab lists every task with a prediction of the live version (labelled or held ones too)
+    expected = published_order(api, pid, version)
     assert shown == [str(t) for t in expected[:5]], "the queue tab must list tasks lowest score first"
     assert all(version in row for row in rows.all_inner_texts()[:5]), "each row must show the model version"
     context.close()
@@ -262,8 +268,10 @@ def test_start_training_button_retrains(ls_server, backend, ui_project, browser,
     page.get_by_text("active learning").first.wait_for()
     screens.take(page, "model-settings")
     page.get_by_role("button", name="Machine learning model options").click()
-    page.get_by_text("Start Training").first.click()
-    screens.take(page, "start-training-clicked")
+    page.get_by_text("Start Training", exact=True).click()  # the card's menu item...
+    page.get_by_role("button", name="Start Training").wait_for()
+    screens.take(page, "start-training-dialog")
+    page.get_by_role("button", name="Start Training").click()  # ...and the dialog's confirmation
     wait_for(lambda: metric(backend.metrics(), "al_webhooks_total", event="START_TRAINING") == starts + 1,
              30, what="START_TRAINING webhook")
     after = wait_for(lambda: live_version(api, pid, other_than=before), 240, what="priorities of the new model")

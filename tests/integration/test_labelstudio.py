@@ -78,6 +78,14 @@ def test_list_tasks_filters_by_id_on_the_server_and_keeps_order(ls, client, proj
     assert client.list_tasks(pid, after_id=ids[-1]) == []
 
 
+def test_listing_follows_pages_when_the_server_caps_page_size(ls, client, project, monkeypatch):
+    pid, ids = project
+    monkeypatch.setattr(labelstudio, "ALL_TASKS", 7)  # as if LS ran with TASK_API_PAGE_SIZE_MAX=7
+    assert [t["id"] for t in client.list_tasks(pid)] == ids
+    assert [t["id"] for t in client.list_tasks(pid, after_id=ids[9])] == ids[10:]
+    assert client.task_ids(pid) == set(ids)
+
+
 def test_task_ids_notices_deleted_tasks(ls, client, project):
     pid, ids = project
     assert client.task_ids(pid) == set(ids)
@@ -146,6 +154,9 @@ def test_ensure_view_is_idempotent_and_orders_by_priority(ls, client, project):
     assert client.ensure_view(pid) == view_id
     views = ls.api().call("GET", "/api/dm/views/", params={"project": pid})
     assert [v["data"]["title"] for v in views].count("Active learning queue") == 1
+    hidden = next(v for v in views if v["id"] == view_id)["data"]["hiddenColumns"]["explore"]
+    assert "tasks:inner_id" in hidden
+    assert not {"tasks:id", "tasks:predictions_score", "tasks:predictions_model_versions"} & set(hidden)
 
     listed = ls.api().call("GET", "/api/tasks", params={"view": view_id, "page_size": 100, "include": "id"})
     assert [t["id"] for t in listed["tasks"]] == [t for _, t in sorted(zip(scores, ids, strict=True))]
@@ -176,7 +187,7 @@ def test_errors_are_one_line(ls, client):
 
 def test_personal_access_token_works_where_legacy_tokens_are_off(ls, project):
     pid, _ = project
-    pat = ls.api().call("POST", "/api/token/")["token"]
+    pat = ls.personal_access_token()
     assert pat.count(".") == 2  # a JWT refresh token
     assert LabelStudioClient(ls.url, pat).get_project(pid)["id"] == pid
 

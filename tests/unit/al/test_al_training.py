@@ -104,3 +104,22 @@ def test_simulation_cli_rejects_bad_arguments(tmp_path):
     done = subprocess.run(cmd + ["--budget", "5", "--seed-size", "10"], cwd=ROOT, capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 2 and "--budget must be >= --seed-size" in done.stderr
+
+
+def test_schedule_fixed_steps_for_small_sets_early_stopping_for_large():
+    from torch import nn
+
+    from backend.al.training import TrainConfig, fit
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3000, 4, generator=g)
+    targets = torch.nn.functional.one_hot((x[:, 0] > 0).long(), 2).float()
+    small = fit(nn.Linear(4, 2), lambda m, idx: m(x[idx]), 100, targets, False,
+                TrainConfig(batch_size=10, tiny_steps=20, min_epochs=5))
+    assert small["steps"] == 50 and small["val_loss"] is None  # 5 epochs of 10 batches > 20 steps
+    tiny = fit(nn.Linear(4, 2), lambda m, idx: m(x[idx]), 30, targets, False,
+               TrainConfig(batch_size=10, tiny_steps=20, min_epochs=5))
+    assert tiny["steps"] == 20
+    large = fit(nn.Linear(4, 2), lambda m, idx: m(x[idx]), 3000, targets, False,
+                TrainConfig(batch_size=100, min_val=2000, max_epochs=3))
+    assert large["val_loss"] is not None and large["epochs"] <= 3
