@@ -125,6 +125,7 @@ def _register_routes(app: Flask) -> None:
     app.add_url_rule("/predict", "predict", predict, methods=["POST"])
     app.add_url_rule("/webhook", "webhook", webhook, methods=["POST"])
     app.add_url_rule("/metrics", "metrics", metrics_view, methods=["GET"])
+    app.add_url_rule("/jobs", "jobs", jobs_view, methods=["GET"])
     app.add_url_rule("/jobs/<job_id>", "job", job_view, methods=["GET"])
 
 
@@ -189,7 +190,8 @@ def webhook():
         raise BadRequest(str(exc)) from None
     metrics.inc(r, "al_webhooks_total", {"event": decision.event})
     job_id = _act(r, decision)
-    return jsonify({"status": "ok", "action": decision.action, "job_id": job_id})
+    # "job" is the key LS's Start Training looks for (it records the job); "job_id" is ours.
+    return jsonify({"status": "ok", "action": decision.action, "job_id": job_id, "job": job_id})
 
 
 def _act(r: redis.Redis, decision: events.Decision) -> str | None:
@@ -227,3 +229,12 @@ def job_view(job_id: str):
         return _error(404, f"no job {job_id[:64]!r}")
     return jsonify(status)
 
+
+
+def jobs_view():
+    """A project's latest jobs, newest first: ``GET /jobs?project=<id>``."""
+    value = request.args.get("project")
+    if value is None:
+        raise BadRequest("missing query parameter: /jobs?project=<id>")
+    project_id = _project_id(value)
+    return jsonify({"project": project_id, "jobs": jobs_queue.project_jobs(_redis(), project_id)})

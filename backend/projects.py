@@ -8,6 +8,7 @@ Keys (prefix ``al:``):
   al:p:<id>:trained_count   LS annotation count the current model was trained on
   al:p:<id>:published       model version whose predictions are live in LS
   al:p:<id>:importing       version a publish is writing (cleared after the switch)
+  al:p:<id>:jobs            ids of the project's latest jobs, newest first (capped, expires)
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from redis import Redis
 PREFIX = "al:"
 PROJECTS = PREFIX + "projects"
 COLD_SUFFIX = "-cold"
+JOBS_KEPT = 20  # job ids remembered per project (GET /jobs?project=<id>)
+JOBS_TTL = 7 * 24 * 3600  # the list expires a week after the last enqueue (like failed jobs)
 
 # Atomic "add changes, fire every N": returns 1 (and resets) when the counter reaches N.
 _ADD_CHANGES = """
@@ -125,6 +128,21 @@ def set_importing_version(r: Redis, project_id: int, version: str | None) -> Non
         r.delete(key(project_id, "importing"))
     else:
         r.set(key(project_id, "importing"), version)
+
+
+def record_job(r: Redis, project_id: int, job_id: str) -> None:
+    """Remember a job enqueued for the project: newest first, the last JOBS_KEPT, expiring."""
+    name = key(project_id, "jobs")
+    with r.pipeline() as pipe:
+        pipe.lpush(name, job_id)
+        pipe.ltrim(name, 0, JOBS_KEPT - 1)
+        pipe.expire(name, JOBS_TTL)
+        pipe.execute()
+
+
+def recent_jobs(r: Redis, project_id: int) -> list[str]:
+    """Ids of the project's latest jobs, newest first (some may have expired from RQ)."""
+    return [_text(x) for x in r.lrange(key(project_id, "jobs"), 0, JOBS_KEPT - 1)]
 
 
 def _get(r: Redis, name: str) -> str | None:

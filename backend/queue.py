@@ -25,7 +25,7 @@ from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 
-from backend import metrics
+from backend import metrics, projects
 from backend.projects import key
 from backend.settings import Settings
 
@@ -70,8 +70,9 @@ def get_queue(r: Redis, name: str) -> Queue:
 
 
 def enqueue(r: Redis, queue: str, func: str, *args, policy: JobPolicy, description: str,
-            timeout: int | None = None, at_front: bool = False) -> Job:
-    """Enqueue a job function by dotted name with our options, and count it."""
+            timeout: int | None = None, at_front: bool = False, project: int | None = None) -> Job:
+    """Enqueue a job function by dotted name with our options, count it, and list it under
+    ``project`` (for GET /jobs?project=<id>) when it works on one."""
     job = get_queue(r, queue).enqueue_call(
         func, args=args, timeout=timeout or policy.timeout, result_ttl=policy.result_ttl,
         failure_ttl=policy.failure_ttl, ttl=policy.ttl, retry=policy.retry(),
@@ -79,6 +80,8 @@ def enqueue(r: Redis, queue: str, func: str, *args, policy: JobPolicy, descripti
         on_success=Callback(metrics.on_job_success), on_failure=Callback(metrics.on_job_failure),
     )
     metrics.inc(r, "al_jobs_enqueued_total", {"job": func.rsplit(".", 1)[-1]})
+    if project is not None:
+        projects.record_job(r, project, job.id)
     return job
 
 
@@ -110,7 +113,7 @@ def enqueue_retrain(r: Redis, project_id: int, policy: JobPolicy, reason: str) -
             r.set(key(project_id, "retrain:again"), reason, ex=policy.timeout * 2)
             return running, "follow-up"
         job = enqueue(r, TRAIN, "workers.jobs.retrain", int(project_id), policy=policy,
-                      description=f"retrain project {project_id} ({reason})")
+                      description=f"retrain project {project_id} ({reason})", project=project_id)
         r.set(key(project_id, "retrain:pending"), job.id, ex=policy.timeout * 4)
         return job.id, "enqueued"
 
@@ -142,31 +145,33 @@ def enqueue_rescore(r: Redis, project_id: int, version: str | None, policy: JobP
     """
     return enqueue(r, SCORE, "workers.jobs.rescore", int(project_id), version, policy=policy,
                    description=f"rescore project {project_id} with {version or 'cold start'}",
-                   at_front=True)
+                   at_front=True, project=project_id)
 
 
 def enqueue_score_new(r: Redis, project_id: int, task_ids: list[int], policy: JobPolicy) -> Job:
     """Score just-created tasks with the live model."""
     return enqueue(r, SCORE, "workers.jobs.score_new_tasks", int(project_id), list(task_ids),
-                   policy=policy, description=f"score {len(task_ids)} new tasks of project {project_id}")
+                   policy=policy, description=f"score {len(task_ids)} new tasks of project {project_id}",
+                   project=project_id)
 
 
 def enqueue_cleanup(r: Redis, project_id: int, version: str, policy: JobPolicy) -> Job:
     """Delete an old version's predictions from LS, off the critical path."""
     return enqueue(r, SCORE, "workers.jobs.delete_version", int(project_id), version, policy=policy,
-                   description=f"delete predictions of {version} in project {project_id}")
+                   description=f"delete predictions of {version} in project {project_id}",
+                   project=project_id)
 
 
 def enqueue_reset(r: Redis, project_id: int, policy: JobPolicy) -> Job:
     """Forget the project's model (label config changed) and retrain from scratch."""
     return enqueue(r, TRAIN, "workers.jobs.reset_project", int(project_id), policy=policy,
-                   description=f"reset project {project_id}")
+                   description=f"reset project {project_id}", project=project_id)
 
 
 def enqueue_prepare(r: Redis, project_id: int, policy: JobPolicy) -> Job:
     """First contact: set up sampling and the Data Manager view in LS."""
     return enqueue(r, SCORE, "workers.jobs.prepare_project", int(project_id), policy=policy,
-                   description=f"prepare project {project_id}", timeout=600)
+                   description=f"prepare project {project_id}", timeout=600, project=project_id)
 
 
 def enqueue_reconcile(r: Redis, policy: JobPolicy) -> Job:
@@ -190,6 +195,20 @@ def job_status(r: Redis, job_id: str) -> dict | None:
         job = Job.fetch(job_id, connection=r)
     except NoSuchJobError:
         return None
+    return describe(job)
+
+
+def project_jobs(r: Redis, project_id: int) -> list[dict]:
+    """The project's latest jobs (at most ``projects.JOBS_KEPT``), newest first.
+
+    Ids whose job RQ no longer has (its result or failure TTL passed) are left out.
+    """
+    ids = projects.recent_jobs(r, project_id)
+    return [describe(job) for job in Job.fetch_many(ids, connection=r) if job is not None]
+
+
+def describe(job: Job) -> dict:
+    """Status, progress and error of a fetched job, as /jobs shows it."""
     status = job.get_status(refresh=False)
     error = None
     if status == JobStatus.FAILED:
@@ -201,6 +220,7 @@ def job_status(r: Redis, job_id: str) -> dict | None:
         "id": job.id,
         "status": str(status.value if status else "unknown"),
         "function": job.func_name,
+        "name": job.func_name.rsplit(".", 1)[-1],
         "description": job.description,
         "progress": job.meta.get("progress"),
         "error": error,

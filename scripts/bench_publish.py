@@ -63,6 +63,7 @@ def bench_client(ls: LabelStudioServer, n: int, results: dict) -> None:
     timed(results, "  (raw GET /api/tasks ids, without review=true)", lambda: api.call(
         "GET", "/api/tasks", params={"project": pid, "include": "id", "page_size": n}))
     timed(results, "count_annotations", lambda: client.count_annotations(pid))
+    timed(results, "count_tasks (what a sync does instead of task_ids)", lambda: client.count_tasks(pid))
     result = [{"from_name": "label", "to_name": "text", "type": "choices", "value": {"choices": ["World"]}}]
 
     def version(name: str, seed: int) -> list[dict]:

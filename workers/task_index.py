@@ -2,7 +2,11 @@
 
 Listing a 10k-task LS project takes ~12 s, so a round must not re-read it: the index fetches
 only tasks with ids above the highest one it knows (``list_tasks(after_id=...)``) and drops
-ids LS no longer has (``task_ids``, ids only). Edits to an existing task's text are not seen.
+ids LS no longer has. Listing every id (``task_ids``, ~3 s at 10k tasks) happens only when LS's
+task count (``count_tasks``, one cheap query, taken before the listing) differs from the number
+of ids the index knows, i.e. when a task was deleted; a deletion that races with the sync is
+seen by the next one. Tasks without the configured data field are kept apart (``skipped``) so
+they count as known and are not listed again. Edits to an existing task's text are not seen.
 SQLite in WAL mode makes it safe for several worker processes sharing MODEL_DIR.
 """
 
@@ -22,6 +26,7 @@ CREATE TABLE IF NOT EXISTS tasks (
     id INTEGER PRIMARY KEY, text TEXT NOT NULL, hash TEXT NOT NULL,
     labelled INTEGER NOT NULL DEFAULT 0, value REAL
 );
+CREATE TABLE IF NOT EXISTS skipped (id INTEGER PRIMARY KEY);
 """
 
 
@@ -45,19 +50,41 @@ class TaskIndex:
         return db
 
     def sync(self, client, spec: TaskSpec) -> dict[str, int]:
-        """Bring the index up to date with LS; returns counts of added and removed tasks."""
+        """Bring the index up to date with LS; returns counts of added and removed tasks.
+
+        ``checked`` is 1 when the full id list was read to find deleted tasks, else 0.
+        """
         with closing(self._connect()) as db, db:
             if _meta(db, "value_key") != spec.value_key:
                 db.execute("DELETE FROM tasks")  # the config reads another field: start over
+                db.execute("DELETE FROM skipped")
                 _set_meta(db, "value_key", spec.value_key)
-            max_id = db.execute("SELECT COALESCE(MAX(id), 0) FROM tasks").fetchone()[0]
-            rows = _rows(client.list_tasks(self.project_id, after_id=max_id), spec)
+            # Count before listing: a task created in between is listed but not counted, which
+            # only costs a check; a task deleted in between is caught by the next sync.
+            ls_count = client.count_tasks(self.project_id)
+            max_id = db.execute("SELECT MAX(id) FROM (SELECT MAX(id) AS id FROM tasks "
+                                "UNION ALL SELECT MAX(id) FROM skipped)").fetchone()[0] or 0
+            tasks = client.list_tasks(self.project_id, after_id=max_id)
+            rows = _rows(tasks, spec)
             db.executemany("INSERT OR REPLACE INTO tasks (id, text, hash) VALUES (?, ?, ?)", rows)
-            live = set(client.task_ids(self.project_id))
-            known = {row[0] for row in db.execute("SELECT id FROM tasks")}
-            gone = sorted(known - live)
-            db.executemany("DELETE FROM tasks WHERE id = ?", [(i,) for i in gone])
-        return {"added": len(rows), "removed": len(gone)}
+            kept = {row[0] for row in rows}
+            db.executemany("INSERT OR IGNORE INTO skipped (id) VALUES (?)",
+                           [(int(t["id"]),) for t in tasks if int(t["id"]) not in kept])
+            known_count = db.execute("SELECT (SELECT COUNT(*) FROM tasks) + "
+                                     "(SELECT COUNT(*) FROM skipped)").fetchone()[0]
+            gone: list[int] = []
+            if known_count != ls_count:
+                live = set(client.task_ids(self.project_id))
+                known = {row[0] for row in db.execute("SELECT id FROM tasks UNION SELECT id FROM skipped")}
+                gone = sorted(known - live)
+                db.executemany("DELETE FROM tasks WHERE id = ?", [(i,) for i in gone])
+                db.executemany("DELETE FROM skipped WHERE id = ?", [(i,) for i in gone])
+                # Live ids at or below the newest listed one that the index lacks are tasks it
+                # could not read (an index written before `skipped` existed): remember them.
+                newest = max(known, default=0)
+                db.executemany("INSERT OR IGNORE INTO skipped (id) VALUES (?)",
+                               [(i,) for i in sorted(live - known) if i <= newest])
+        return {"added": len(rows), "removed": len(gone), "checked": int(known_count != ls_count)}
 
     def mark_labelled(self, task_ids: Iterable[int]) -> None:
         """Record exactly these tasks as labelled (the others become unlabelled)."""

@@ -89,6 +89,12 @@ class BackendProcess:
         text = httpx.get(f"{self.url}/metrics", timeout=10).text
         return parse_metrics(text)
 
+    def project_jobs(self, project_id: int) -> list[dict]:
+        """GET /jobs?project=<id>: the project's latest jobs, newest first."""
+        response = httpx.get(f"{self.url}/jobs", params={"project": project_id}, timeout=10)
+        response.raise_for_status()
+        return response.json()["jobs"]
+
     def job(self, job_id: str) -> dict:
         response = httpx.get(f"{self.url}/jobs/{job_id}", timeout=10)
         response.raise_for_status()

@@ -262,6 +262,7 @@ def test_start_training_button_retrains(ls_server, backend, ui_project, browser,
     before = live_version(api, pid)
     starts = metric(backend.metrics(), "al_webhooks_total", event="START_TRAINING")
     retrains = metric(backend.metrics(), "al_jobs_finished_total", job="retrain")
+    known_jobs = {j["id"] for j in backend.project_jobs(pid)}
     context = browser.new_context(viewport={"width": 1280, "height": 800})
     page = login(context, ls_server, ls_server.username, ls_server.password)
     page.goto(f"{ls_server.url}/projects/{pid}/settings/ml", wait_until="domcontentloaded")
@@ -277,6 +278,12 @@ def test_start_training_button_retrains(ls_server, backend, ui_project, browser,
     after = wait_for(lambda: live_version(api, pid, other_than=before), 240, what="priorities of the new model")
     assert metric(backend.metrics(), "al_jobs_finished_total", job="retrain") == retrains + 1
     assert int(after.split("-v")[1][:4]) > int(before.split("-v")[1][:4])
+    # The user who pressed the button finds the retrain under GET /jobs?project=<id>.
+    new_retrains = [j for j in backend.project_jobs(pid) if j["name"] == "retrain" and j["id"] not in known_jobs]
+    assert len(new_retrains) == 1, f"one new retrain job expected for project {pid}: {new_retrains}"
+    (job,) = new_retrains
+    assert job["status"] == "finished" and job["ended_at"] and job["error"] is None, job
+    assert "START_TRAINING" in job["description"]
     context.close()
 
 

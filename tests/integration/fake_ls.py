@@ -21,7 +21,7 @@ class FakeLabelStudio:
     def __init__(self, project_id: int = 1, label_config: str = CONFIG) -> None:
         self.project_id = project_id
         self.label_config = label_config
-        self.tasks: dict[int, str] = {}
+        self.tasks: dict[int, str | None] = {}  # None: a task without the "text" field
         self.annotations: dict[int, str] = {}  # task id -> choice
         self.predictions: list[dict] = []
         self.model_version = ""
@@ -70,7 +70,12 @@ class FakeClient:
     def list_tasks(self, project_id, after_id=0):
         self._enter("list_tasks", project_id)
         self.ls.listed_after.append(after_id)
-        return [{"id": i, "data": {"text": t}} for i, t in sorted(self.ls.tasks.items()) if i > after_id]
+        return [{"id": i, "data": {"text": t} if t is not None else {"other": "no text field"}}
+                for i, t in sorted(self.ls.tasks.items()) if i > after_id]
+
+    def count_tasks(self, project_id):
+        self._enter("count_tasks", project_id)
+        return len(self.ls.tasks)
 
     def task_ids(self, project_id):
         self._enter("task_ids", project_id)

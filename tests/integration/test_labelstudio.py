@@ -86,11 +86,13 @@ def test_listing_follows_pages_when_the_server_caps_page_size(ls, client, projec
     assert client.task_ids(pid) == set(ids)
 
 
-def test_task_ids_notices_deleted_tasks(ls, client, project):
+def test_task_ids_and_count_notice_deleted_tasks(ls, client, project):
     pid, ids = project
     assert client.task_ids(pid) == set(ids)
+    assert client.count_tasks(pid) == len(ids)
     ls.api().call("DELETE", f"/api/tasks/{ids[3]}/")
     assert client.task_ids(pid) == set(ids) - {ids[3]}
+    assert client.count_tasks(pid) == len(ids) - 1
 
 
 def test_annotated_tasks_keeps_the_latest_non_cancelled_annotation(ls, client, project):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sqlite3
+from contextlib import closing
+
 import pytest
 from rq import Queue
 from rq.job import Job
@@ -11,10 +14,12 @@ from backend import projects
 from backend import queue as jobs_queue
 from backend.al.store import ModelStore
 from backend.app import create_app
+from backend.labeling import parse_label_config
 from backend.labelstudio import LabelStudioError
 from tests.integration.fake_ls import FakeLabelStudio
 from tests.integration.workers_helper import BackgroundWorker, drain
 from workers import jobs
+from workers.task_index import TaskIndex
 
 POS = ["good great film", "great fun", "lovely good", "fine great acting", "good good"]
 NEG = ["bad awful film", "awful boring", "poor bad", "terrible bad acting", "bad bad"]
@@ -224,6 +229,54 @@ def test_rounds_read_only_new_tasks_and_drop_deleted_ones(web, ls, r):
     tasks = {p["task"] for p in ls.live_predictions()}
     assert gone not in tasks and added in tasks
     assert tasks == set(ls.tasks) - set(ls.annotations)
+
+
+def test_rounds_without_deletions_never_list_all_task_ids(web, ls, r):
+    web.post("/webhook", json={"action": "START_TRAINING", "project": 1})
+    drain(r)
+    assert ls.calls["count_tasks"] >= 2  # retrain and rescore both synced the index
+    assert ls.calls["task_ids"] == 0  # nothing deleted: the cheap count matched
+    (added,) = ls.add_tasks(["brand new good film"])
+    web.post("/webhook", json={"action": "START_TRAINING", "project": 1})
+    drain(r)
+    assert ls.calls["task_ids"] == 0  # new tasks are listed, not a reason to list every id
+    assert added in {p["task"] for p in ls.live_predictions()}
+    del ls.tasks[added]
+    web.post("/webhook", json={"action": "START_TRAINING", "project": 1})
+    drain(r)
+    assert ls.calls["task_ids"] == 1  # the count dropped: one full check, then the index agrees
+    assert added not in {p["task"] for p in ls.live_predictions()}
+
+
+def test_index_checks_for_deletions_only_when_counts_differ(ls, settings):
+    client = ls.client("", "")
+    spec = parse_label_config(ls.label_config)
+    index = TaskIndex(settings.model_dir, 1)
+    (no_text,) = ls.add_tasks([None])  # cannot be indexed, but LS counts it
+    assert index.sync(client, spec) == {"added": len(ls.tasks) - 1, "removed": 0, "checked": 0}
+    assert index.sync(client, spec) == {"added": 0, "removed": 0, "checked": 0}
+    assert ls.listed_after[-1] == no_text  # the unreadable task is not listed again either
+    gone = min(ls.tasks)
+    del ls.tasks[gone]
+    assert index.sync(client, spec) == {"added": 0, "removed": 1, "checked": 1}
+    assert gone not in index.unlabelled()[0]
+    del ls.tasks[no_text]
+    assert index.sync(client, spec) == {"added": 0, "removed": 1, "checked": 1}
+    assert index.sync(client, spec) == {"added": 0, "removed": 0, "checked": 0}
+    assert ls.calls["task_ids"] == 2
+
+
+def test_index_written_before_skipped_ids_were_kept_heals_after_one_check(ls, settings):
+    client = ls.client("", "")
+    spec = parse_label_config(ls.label_config)
+    index = TaskIndex(settings.model_dir, 1)
+    ls.add_tasks([None, "one more good film"])
+    index.sync(client, spec)
+    with closing(sqlite3.connect(index.path)) as db, db:
+        db.execute("DELETE FROM skipped")  # as an index from before the `skipped` table
+    assert index.sync(client, spec)["checked"] == 1
+    assert index.sync(client, spec)["checked"] == 0
+    assert ls.calls["task_ids"] == 1
 
 
 def test_stale_rescore_is_skipped(ls, r, settings):

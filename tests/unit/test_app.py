@@ -100,6 +100,8 @@ def test_webhook_retrains_coalesce(client, r):
     first = _webhook(client, {"action": "START_TRAINING", "project": 5}).get_json()
     second = _webhook(client, {"action": "START_TRAINING", "project": 5}).get_json()
     assert first["job_id"] == second["job_id"]
+    # LS's "Start Training" records the retrain from the answer's "job" key.
+    assert first["job"] == first["job_id"] and first["job"]
     assert _queued(r, "train") == ["workers.jobs.retrain"]
 
 
@@ -167,6 +169,49 @@ def test_jobs_endpoint(client, r):
     assert missing.status_code == 404 and "no job" in missing.get_json()["error"]
 
 
+def test_jobs_of_a_project_newest_first(client, r):
+    retrain = _webhook(client, {"action": "START_TRAINING", "project": {"id": 5}}).get_json()["job"]
+    score = _webhook(client, {"action": "TASKS_CREATED", "project": {"id": 5},
+                              "tasks": [{"id": 1}]}).get_json()["job"]
+    ignored = _webhook(client, {"action": "TASKS_DELETED", "project": {"id": 5}}).get_json()
+    assert ignored["job"] is None and ignored["action"] == "ignore"
+    _webhook(client, {"action": "START_TRAINING", "project": {"id": 6}})  # another project's
+    body = client.get("/jobs?project=5").get_json()
+    assert body["project"] == 5
+    names = [(j["id"], j["name"]) for j in body["jobs"]]
+    prepare = names[-1][0]
+    assert names == [(score, "score_new_tasks"), (retrain, "retrain"), (prepare, "prepare_project")]
+    first = body["jobs"][1]
+    assert first["status"] == "queued" and first["function"] == "workers.jobs.retrain"
+    assert first["enqueued_at"] and first["ended_at"] is None and first["progress"] is None
+    assert [j["name"] for j in client.get("/jobs?project=6").get_json()["jobs"]] == [
+        "retrain", "prepare_project"]
+    assert client.get("/jobs?project=7").get_json() == {"project": 7, "jobs": []}
+
+
+def test_jobs_of_a_project_are_capped_and_expire(client, r):
+    for _ in range(projects.JOBS_KEPT + 5):
+        Queue("train", connection=r).empty()  # the next START_TRAINING is a new job, not coalesced
+        _webhook(client, {"action": "START_TRAINING", "project": 5})
+    listed = r.lrange("al:p:5:jobs", 0, -1)
+    assert len(listed) == projects.JOBS_KEPT
+    assert 0 < r.ttl("al:p:5:jobs") <= projects.JOBS_TTL
+    # Jobs RQ no longer has (expired, emptied) are left out rather than failing the list.
+    assert client.get("/jobs?project=5").get_json()["jobs"][0]["name"] == "retrain"
+
+
+@pytest.mark.parametrize("query, reason", [
+    ("", "missing query parameter"),
+    ("?project=abc", "is not a number"),
+    ("?project=0", "must be positive"),
+])
+def test_jobs_of_a_project_bad_id_is_400(client, query, reason):
+    response = client.get("/jobs" + query)
+    assert response.status_code == 400
+    error = response.get_json()["error"]
+    assert reason in error and "\n" not in error
+
+
 def test_unknown_route_and_method_are_json(client):
     assert client.get("/nope").status_code == 404
     response = client.get("/webhook")
@@ -182,6 +227,8 @@ def test_basic_auth(settings):
     assert client.get("/metrics", headers=bad).status_code == 401
     assert client.get("/metrics", headers={"Authorization": "Basic !!!"}).status_code == 401
     assert client.get("/metrics", headers=good).status_code == 200
+    assert client.get("/jobs?project=1").status_code == 401
+    assert client.get("/jobs?project=1", headers=good).status_code == 200
     assert client.post("/setup", json={"project": "1.1", "schema": CONFIG}).status_code == 401
     assert client.post("/setup", json={"project": "1.1", "schema": CONFIG}, headers=good).status_code == 200
     # LS sends webhooks without credentials; a webhook is only a trigger, so it stays open.
