@@ -77,7 +77,7 @@ class Settings:
     warm_start: bool = False
     """WARM_START: start training from the previous version's head (off: it cost 3-4 points on AG News)."""
     retrain_every: int = 10
-    """RETRAIN_EVERY: annotation changes that trigger a retrain."""
+    """RETRAIN_EVERY: annotation changes that trigger a retrain (10: see docs/BENCHMARKS.md)."""
     publish_top_k: int = 1000
     """PUBLISH_TOP_K: how many top-priority tasks get a prediction written to LS; 0 = all."""
     keep_versions: int = 3
