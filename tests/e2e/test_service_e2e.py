@@ -134,3 +134,48 @@ def test_new_tasks_get_a_priority_under_the_live_model(connected, backend, logs_
     scores = wait_for(scored, 120, what="priorities for the imported tasks")
     assert all(0.0 <= scores[i] <= 1.0 for i in new_ids)
     assert model_version(api, pid) == live  # scoring new tasks never switches the version
+
+
+def test_webhook_burst_gives_one_retrain_and_at_most_one_follow_up(connected, backend, logs_on_failure):
+    """100 annotation webhooks in about a second, through the real web and worker processes."""
+    import time
+
+    import httpx
+
+    api, pid, _, labels = connected
+    pattern = rf"p{pid}-v\d{{4}}-\w+"
+    live = wait_for_version(api, pid, pattern, timeout=180)
+    if live.endswith("-cold"):  # run alone: train a first model
+        for _ in range(ROUND):
+            task = api.next_task(pid)
+            api.annotate(task["id"], labels[task["id"]])
+        live = wait_for_version(api, pid, pattern, other_than=live)
+
+    def idle():
+        jobs = backend.project_jobs(pid)
+        return all(j["status"] in ("finished", "failed") for j in jobs) and jobs
+    before = {j["id"] for j in wait_for(idle, 180, what="no job of the project running")}
+
+    task_ids = list(labels)
+    start = time.monotonic()
+    with httpx.Client(base_url=backend.url, timeout=5) as http:
+        for i in range(100):
+            task_id = task_ids[i % len(task_ids)]
+            response = http.post("/webhook", json={
+                "action": "ANNOTATION_CREATED", "project": {"id": pid},
+                "task": {"id": task_id, "project": pid}, "annotation": {"id": 10_000 + i, "task": task_id}})
+            assert response.status_code == 200, response.text
+    elapsed = time.monotonic() - start
+    print(f"100 webhooks answered in {elapsed:.2f}s")
+    assert elapsed < 5  # LS gives each webhook ~1 s; the whole burst fits in a few
+
+    def burst_retrains():
+        jobs = [j for j in backend.project_jobs(pid) if j["id"] not in before]
+        done = all(j["status"] in ("finished", "failed") for j in jobs)
+        return [j for j in jobs if j["name"] == "retrain"] if jobs and done else None
+    retrains = wait_for(burst_retrains, 240, what="the burst's retrains to finish")
+    time.sleep(3)  # a late follow-up would be enqueued by now
+    retrains = wait_for(burst_retrains, 240, what="any follow-up retrain to finish")
+    assert 1 <= len(retrains) <= 2, [(j["id"], j["status"]) for j in retrains]
+    assert all(j["status"] == "finished" for j in retrains)
+    wait_for_version(api, pid, pattern, other_than=live)  # and the new priorities went live
