@@ -55,6 +55,17 @@ def assert_next_is_lowest(api: LSApi, project_id: int, version: str, labelled: s
     return nxt
 
 
+def trained_version(api: LSApi, project_id: int, labels: dict[int, str], pattern: str) -> str:
+    """The live trained model version; when the test runs alone, label one round to get one."""
+    live = wait_for_version(api, project_id, pattern, timeout=180)
+    if live.endswith("-cold"):
+        for _ in range(ROUND):
+            task = api.next_task(project_id)
+            api.annotate(task["id"], labels[task["id"]])
+        live = wait_for_version(api, project_id, pattern, other_than=live)
+    return live
+
+
 @pytest.fixture(scope="module")
 def connected(ls_server, backend):
     """A 320-task AG News project connected to the backend through LS's API: (api, project id, ml id, labels)."""
@@ -119,12 +130,7 @@ def test_annotations_retrain_publish_and_start_training(connected, backend, logs
 def test_new_tasks_get_a_priority_under_the_live_model(connected, backend, logs_on_failure):
     api, pid, _, labels = connected
     pattern = rf"p{pid}-v\d{{4}}-\w+"
-    live = wait_for_version(api, pid, pattern, timeout=180)
-    if live.endswith("-cold"):  # run alone: train a first model
-        for _ in range(ROUND):
-            task = api.next_task(pid)
-            api.annotate(task["id"], labels[task["id"]])
-        live = wait_for_version(api, pid, pattern, other_than=live)
+    live = trained_version(api, pid, labels, pattern)
     new_ids = api.import_tasks(pid, [text for text, _ in agnews(5, offset=5000)])
 
     def scored():
@@ -144,12 +150,7 @@ def test_webhook_burst_gives_one_retrain_and_at_most_one_follow_up(connected, ba
 
     api, pid, _, labels = connected
     pattern = rf"p{pid}-v\d{{4}}-\w+"
-    live = wait_for_version(api, pid, pattern, timeout=180)
-    if live.endswith("-cold"):  # run alone: train a first model
-        for _ in range(ROUND):
-            task = api.next_task(pid)
-            api.annotate(task["id"], labels[task["id"]])
-        live = wait_for_version(api, pid, pattern, other_than=live)
+    live = trained_version(api, pid, labels, pattern)
 
     def idle():
         jobs = backend.project_jobs(pid)
