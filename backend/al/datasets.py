@@ -62,7 +62,7 @@ def write_tsv(path: str | Path, texts: list[str], labels: list[str]) -> None:
     """Write text<TAB>label rows (tabs and newlines inside texts become spaces)."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", encoding="utf-8") as f:
-        for text, label in zip(texts, labels, strict=False):
+        for text, label in zip(texts, labels, strict=True):
             f.write(f"{' '.join(text.split())}\t{label}\n")
 
 

@@ -67,7 +67,7 @@ class EmbeddingCache:
         if self._loaded.get(prefix) == mtime:
             return
         data = torch.load(path, weights_only=True)
-        for key, vec in zip(data["keys"], data["vectors"], strict=False):
+        for key, vec in zip(data["keys"], data["vectors"], strict=True):
             self._memory[key] = vec
         self._loaded[prefix] = mtime
 
@@ -93,7 +93,7 @@ class EmbeddingCache:
             merged: dict[str, torch.Tensor] = {}
             if path.exists():
                 data = torch.load(path, weights_only=True)
-                merged.update(zip(data["keys"], data["vectors"], strict=False))
+                merged.update(zip(data["keys"], data["vectors"], strict=True))
             merged.update(new)
             keys = list(merged)
             atomic_write(path, {"keys": keys, "vectors": torch.stack([merged[k] for k in keys])})

@@ -6,6 +6,7 @@ so the ranking the service publishes is exactly the one the benchmark measured.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -145,12 +146,12 @@ class ActiveLearner:
         found = self.cache.get(keys) if self.cache is not None else {}
         found.update((k, self._memory[k]) for k in keys if k not in found and k in self._memory)
         todo: dict[str, str] = {}
-        for key, text in zip(keys, texts, strict=False):
+        for key, text in zip(keys, texts, strict=True):
             if key not in found and key not in todo:
                 todo[key] = text
         if todo:
             vectors = self.encoder.encode(list(todo.values()), progress)
-            fresh = list(zip(todo.keys(), vectors, strict=False))
+            fresh = list(zip(todo.keys(), vectors, strict=True))
             if self.cache is not None:
                 self.cache.put(fresh)
             else:
@@ -201,7 +202,7 @@ class ActiveLearner:
         if warm is not None:
             head.load_state_dict(warm.state)
         stats = fit(head, lambda m, idx: m(x[idx]), len(texts), targets, multilabel,
-                    TrainConfig(**{**HEAD_TRAINING.__dict__, "seed": self.config.seed}), progress)
+                    dataclasses.replace(HEAD_TRAINING, seed=self.config.seed), progress)
         return Model(classes=classes, multilabel=multilabel, encoder=self.identity, mode="head",
                      state={k: v.detach().clone() for k, v in head.state_dict().items()}, n_train=len(texts),
                      meta={"dim": int(x.shape[1]), "hidden": self.config.hidden, "dropout": self.config.dropout,
@@ -225,7 +226,7 @@ class ActiveLearner:
             return m(**batch)
 
         stats = fit(net, forward, len(texts), targets, multilabel,
-                    TrainConfig(**{**FULL_TRAINING.__dict__, "seed": self.config.seed}), progress)
+                    dataclasses.replace(FULL_TRAINING, seed=self.config.seed), progress)
         return Model(classes=classes, multilabel=multilabel, encoder=self.identity, mode="full",
                      state={k: v.detach().cpu().clone() for k, v in net.state_dict().items()}, n_train=len(texts),
                      meta={"class_counts": targets.sum(dim=0).tolist(),

@@ -6,9 +6,9 @@ imbalanced label set does not collapse onto its majority class.
 
 Schedule: label sets smaller than ``min_val`` train a fixed number of steps (at
 least ``tiny_steps``, at least ``min_epochs`` epochs): there a held-out split costs
-labels and its loss is too noisy to stop on (on TREC-6 early stopping at 200-500
-labels lost 8 accuracy points). Larger sets hold out ``val_fraction`` and stop when
-validation loss stops improving, keeping the best weights.
+labels and its loss is too noisy to stop on (on TREC-6, early stopping at 500 labels
+reached 73% against 83% for fixed steps). Larger sets hold out ``val_fraction`` and
+stop when validation loss stops improving, keeping the best weights.
 """
 
 from __future__ import annotations
