@@ -105,7 +105,7 @@ def bench_service(ls: LabelStudioServer, n: int, encoder: str | None, publish_to
             return version if re.fullmatch(pattern, version) and version != other_than else None
 
         start = time.perf_counter()
-        api.call("POST", "/api/ml", json={"url": backend.url, "project": pid, "title": "bench"})
+        api.connect_backend(pid, backend.url, title="bench")
         cold = wait_for(live_version, 1800, interval=0.2, what="cold-start priorities")
         results["connect -> cold-start priorities live"] = round(time.perf_counter() - start, 3)
         print(f"  {'connect -> cold-start priorities live':<52} "

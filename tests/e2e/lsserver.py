@@ -174,6 +174,16 @@ class LSApi:
         return int(self.call("POST", "/api/projects/", json={"title": title, "label_config": label_config,
                                                               **extra})["id"])
 
+    def create_agnews_project(self, title: str, n: int, offset: int) -> tuple[int, list[int], list[tuple[str, str]]]:
+        """A project of `n` AG News pool rows from `offset`: (project id, task ids, (text, label) rows)."""
+        rows = agnews(n, offset=offset)
+        project_id = self.create_project(title)
+        return project_id, self.import_tasks(project_id, [text for text, _ in rows]), rows
+
+    def connect_backend(self, project_id: int, url: str, title: str = "active learning") -> int:
+        """Connect an ML backend the way the UI's "Connect Model" does; returns LS's ML backend id."""
+        return int(self.call("POST", "/api/ml", json={"url": url, "project": project_id, "title": title})["id"])
+
     def import_tasks(self, project_id: int, texts: list[str]) -> list[int]:
         """Import one task per text; returns the new task ids in import order."""
         before = {t["id"] for t in self.tasks(project_id)}

@@ -70,12 +70,9 @@ def trained_version(api: LSApi, project_id: int, labels: dict[int, str], pattern
 def connected(ls_server, backend):
     """A 320-task AG News project connected to the backend through LS's API: (api, project id, ml id, labels)."""
     api = ls_server.api()
-    rows = agnews(POOL, offset=2000)
-    pid = api.create_project("e2e active learning")
-    ids = api.import_tasks(pid, [text for text, _ in rows])
+    pid, ids, rows = api.create_agnews_project("e2e active learning", POOL, offset=2000)
     labels = dict(zip(ids, (label for _, label in rows), strict=True))
-    ml = api.call("POST", "/api/ml", json={"url": backend.url, "project": pid, "title": "active learning"})
-    return api, pid, int(ml["id"]), labels
+    return api, pid, api.connect_backend(pid, backend.url), labels
 
 
 def test_annotations_retrain_publish_and_start_training(connected, backend, logs_on_failure):

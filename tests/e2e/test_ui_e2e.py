@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.lsserver import REPO, LSApi, agnews
+from tests.e2e.lsserver import REPO, LSApi
 from tests.e2e.service import metric, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -91,10 +91,8 @@ def ui_logs(ls_server, backend, screens, request):
 def ui_project(ls_server, backend):
     """A 200-task AG News project connected to the backend, cold-start priorities live."""
     api = ls_server.api()
-    rows = agnews(POOL, offset=3000)
-    pid = api.create_project("UI active learning")
-    ids = api.import_tasks(pid, [text for text, _ in rows])
-    api.call("POST", "/api/ml", json={"url": backend.url, "project": pid, "title": "active learning"})
+    pid, ids, rows = api.create_agnews_project("UI active learning", POOL, offset=3000)
+    api.connect_backend(pid, backend.url)
     wait_for(lambda: live_version(api, pid), 180, what="cold-start priorities")
     labels = {t: label for t, (_, label) in zip(ids, rows, strict=True)}
     texts = {t: text for t, (text, _) in zip(ids, rows, strict=True)}
@@ -138,25 +136,24 @@ def _left(page, path: str) -> None:
     page.wait_for_url(lambda url: path not in url, wait_until="commit")
 
 
-def login(context, ls, email: str, password: str):
+def _account_form(context, ls, path: str, button: str, email: str, password: str):
+    """Fill LS's e-mail/password form at `path`, submit it, and wait to be sent on."""
     page = _page(context)
-    page.goto(f"{ls.url}/user/login/", wait_until="domcontentloaded")
+    page.goto(f"{ls.url}{path}/", wait_until="domcontentloaded")
     page.fill("input[name=email]", email)
     page.fill("input[name=password]", password)
-    page.get_by_role("button", name="Log in").click()
-    _left(page, "/user/login")
+    page.get_by_role("button", name=button).click()
+    _left(page, path)
     return page
+
+
+def login(context, ls, email: str, password: str):
+    return _account_form(context, ls, "/user/login", "Log in", email, password)
 
 
 def signup(context, ls, email: str, password: str):
     """A second annotator joins through LS's own sign-up page (open-source LS: one organisation)."""
-    page = _page(context)
-    page.goto(f"{ls.url}/user/signup/", wait_until="domcontentloaded")
-    page.fill("input[name=email]", email)
-    page.fill("input[name=password]", password)
-    page.get_by_role("button", name="Create Account").click()
-    _left(page, "/user/signup")
-    return page
+    return _account_form(context, ls, "/user/signup", "Create Account", email, password)
 
 
 def open_project(page, ls, pid: int, view: int | None = None) -> None:
