@@ -98,8 +98,8 @@ class NotEnoughLabels(ValueError):
     """The labelled set cannot train a model yet (fewer than two classes present)."""
 
 
-# A head step is a few small matmuls: one thread is faster than several, and 20x faster
-# on a loaded machine where OpenMP threads wait for each other (measured on 2 cores).
+# A head step is a few small matmuls: one thread is faster than several, 6-20x faster on a
+# loaded 2-core machine where OpenMP threads wait for each other (scripts/bench_training.py).
 HEAD_TRAINING = TrainConfig(threads=1)
 FULL_TRAINING = TrainConfig(lr=5e-5, weight_decay=0.01, batch_size=16, tiny_steps=60, max_epochs=4, patience=1)
 
