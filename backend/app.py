@@ -8,20 +8,23 @@ from __future__ import annotations
 
 import base64
 import hmac
+import json
 import logging
+import re
 
 import redis
 from flask import Flask, Response, current_app, jsonify, request
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from backend import events, metrics, projects
-from backend import queue as jobs_queue
+from backend import events, jobqueue, metrics, projects
 from backend.labeling import LabelConfigError, TaskDataError, parse_label_config
+from backend.secret_path import VIA_SECRET, SecretPathPrefix
 from backend.serving import Predictor
 from backend.settings import Settings, SettingsError
 
 MODEL_CLASS = "ActiveLearner"
 AUTH_EXEMPT = ("/health", "/webhook")
+JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")  # RQ's job id alphabet; RQ raises on any other
 log = logging.getLogger(__name__)
 
 
@@ -36,12 +39,19 @@ def create_app(settings: Settings | None = None) -> Flask:
         raise SettingsError("REDIS_URL is required by the web process (`python -m backend` embeds one)")
     app = Flask(__name__)
     app.config["AL_SETTINGS"] = settings
+    # Werkzeug refuses a longer Content-Length unread and stops reading a chunked body one byte
+    # past the limit, so that _json_body can tell a body over the limit from one at it.
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes + 1
     app.extensions["al_redis"] = redis.Redis.from_url(settings.redis_url)
     app.extensions["al_predictor"] = Predictor(settings)
-    app.extensions["al_policy"] = jobs_queue.JobPolicy.from_settings(settings)
+    app.extensions["al_policy"] = jobqueue.JobPolicy.from_settings(settings)
+    app.before_request(_check_body_size)
+    app.before_request(_check_webhook_secret)
     app.before_request(_check_basic_auth)
     _register_errors(app)
     _register_routes(app)
+    if settings.webhook_secret:
+        app.wsgi_app = SecretPathPrefix(app.wsgi_app, settings.webhook_secret)
     return app
 
 
@@ -53,7 +63,7 @@ def _redis() -> redis.Redis:
     return current_app.extensions["al_redis"]
 
 
-def _policy() -> jobs_queue.JobPolicy:
+def _policy() -> jobqueue.JobPolicy:
     return current_app.extensions["al_policy"]
 
 
@@ -61,11 +71,37 @@ def _error(status: int, message: str) -> tuple[Response, int]:
     return jsonify({"status": "ERROR", "error": message}), status
 
 
+def _check_body_size():
+    """Refuse a body whose Content-Length is over MAX_BODY_BYTES before anything reads it."""
+    if request.content_length is not None and request.content_length > _settings().max_body_bytes:
+        raise RequestEntityTooLarge()
+    return None
+
+
+SECRET_ROUTES = ("/webhook", "/setup", "/predict")  # what LS calls, all under the URL it was given
+
+
+def _check_webhook_secret():
+    """With WEBHOOK_SECRET set, LS's routes are served only under the secret path prefix.
+
+    /setup is included: it is what makes a project known, so an open /setup would let
+    anyone connect a project and then drive it with webhooks. Every call LS makes carries
+    the prefix, so this costs LS nothing. 404 (not 401): without the prefix the route does
+    not exist for the caller, and there is no authentication scheme to offer. The reason
+    names the setting, never its value.
+    """
+    if _settings().webhook_secret and request.path in SECRET_ROUTES and not request.environ.get(VIA_SECRET):
+        return _error(404, f"{request.path} is served only under the secret path prefix: "
+                           "connect Label Studio to http://<host>:<port>/<WEBHOOK_SECRET>")
+    return None
+
+
 def _check_basic_auth():
     """LS sends basic auth to ML backends when configured; /health and /webhook are exempt.
 
-    /webhook is exempt because LS sends webhooks without credentials; it is safe to leave
-    open because a webhook is only a trigger: jobs read the truth from the LS API.
+    /webhook is exempt because LS sends webhooks without credentials: a webhook is only a
+    trigger for a project set up through /setup (jobs read the truth from the LS API), and
+    WEBHOOK_SECRET (a secret path prefix, :mod:`backend.secret_path`) is the credential it can carry.
     """
     settings = _settings()
     if not settings.basic_auth_user or request.path in AUTH_EXEMPT:
@@ -94,6 +130,10 @@ def _register_errors(app: Flask) -> None:
         log.error("redis unavailable: %s", exc)
         return _error(503, "queue unavailable (Redis): try again shortly")
 
+    @app.errorhandler(RequestEntityTooLarge)
+    def too_large(exc):
+        return _error(413, f"request body over the {_settings().max_body_bytes}-byte limit (MAX_BODY_BYTES)")
+
     @app.errorhandler(HTTPException)
     def http_error(exc):
         return _error(exc.code or 500, exc.description.split("\n")[0] if exc.description else exc.name)
@@ -104,8 +144,19 @@ def _register_errors(app: Flask) -> None:
         return _error(500, f"internal error: {type(exc).__name__}")
 
 
+def _json_body() -> object:
+    """The body parsed as JSON (None if it is not JSON); 413 over MAX_BODY_BYTES, chunked or not."""
+    data = request.get_data(cache=True)  # at most MAX_BODY_BYTES + 1 bytes (MAX_CONTENT_LENGTH)
+    if len(data) > _settings().max_body_bytes:
+        raise RequestEntityTooLarge()
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError):  # RecursionError: "[[[[..." nested past Python's limit
+        return None
+
+
 def _json_object() -> dict:
-    payload = request.get_json(silent=True, force=True)
+    payload = _json_body()
     if not isinstance(payload, dict):
         raise BadRequest("body must be a JSON object")
     return payload
@@ -148,7 +199,7 @@ def setup():
                              str(payload.get("access_token") or ""))
     _remember_config(r, project_id, payload.get("schema") or payload.get("label_config"))
     if first_contact:
-        jobs_queue.enqueue_prepare(r, project_id, _policy())
+        jobqueue.enqueue_prepare(r, project_id, _policy())
     return jsonify({"model_version": projects.published_version(r, project_id) or ""})
 
 
@@ -156,7 +207,7 @@ def _remember_config(r: redis.Redis, project_id: int, label_config: str) -> None
     """Record the config; a changed one (seen at /setup) resets the project's model."""
     previous = projects.set_config_fingerprint(r, project_id, events.config_fingerprint(label_config))
     if previous is not None and previous != events.config_fingerprint(label_config):
-        jobs_queue.enqueue_reset(r, project_id, _policy())
+        jobqueue.enqueue_reset(r, project_id, _policy())
 
 
 def predict():
@@ -180,7 +231,7 @@ def predict():
 
 def webhook():
     """Turn an LS event into at most one enqueue and answer in milliseconds."""
-    payload = request.get_json(silent=True, force=True)
+    payload = _json_body()
     r = _redis()
     try:
         project_hint = events.project_id_of(payload) if isinstance(payload, dict) else None
@@ -188,6 +239,11 @@ def webhook():
         decision = events.decide(payload, known_config=known)
     except events.EventError as exc:
         raise BadRequest(str(exc)) from None
+    if not projects.is_known(r, decision.project_id):
+        # 403: the payload is well-formed (not 400), but only /setup makes a project one this
+        # backend may act on; the same answer whether or not LS has such a project.
+        return _error(403, f"project {decision.project_id} is not set up with this backend: connect it in "
+                           "Label Studio (Settings > Model), which calls /setup")
     metrics.inc(r, "al_webhooks_total", {"event": decision.event})
     job_id = _act(r, decision)
     # "job" is the key LS's Start Training looks for (it records the job); "job_id" is ours.
@@ -197,19 +253,20 @@ def webhook():
 def _act(r: redis.Redis, decision: events.Decision) -> str | None:
     """Carry out a webhook decision; returns the id of the job it enqueued or joined."""
     settings, policy, pid = _settings(), _policy(), decision.project_id
-    if projects.register(r, pid):
-        jobs_queue.enqueue_prepare(r, pid, policy)
     if decision.action == events.COUNT:
-        if projects.add_changes(r, pid, decision.changes, settings.retrain_every):
-            return jobs_queue.enqueue_retrain(r, pid, policy, decision.event)[0]
+        count = projects.count_changes(r, pid, decision.changes, settings.retrain_every, decision.change_keys)
+        if count.duplicates:
+            metrics.inc(r, "al_duplicate_changes_total", amount=count.duplicates)
+        if count.retrain:
+            return jobqueue.enqueue_retrain(r, pid, policy, decision.event)[0]
     elif decision.action == events.RETRAIN:
         projects.clear_changes(r, pid)
-        return jobs_queue.enqueue_retrain(r, pid, policy, decision.event)[0]
+        return jobqueue.enqueue_retrain(r, pid, policy, decision.event)[0]
     elif decision.action == events.SCORE_NEW:
-        return jobs_queue.enqueue_score_new(r, pid, list(decision.task_ids), policy).id
+        return jobqueue.enqueue_score_new(r, pid, list(decision.task_ids), policy).id
     elif decision.action == events.RESET:
         projects.set_config_fingerprint(r, pid, events.config_fingerprint(decision.label_config))
-        return jobs_queue.enqueue_reset(r, pid, policy).id
+        return jobqueue.enqueue_reset(r, pid, policy).id
     elif decision.action == events.REMEMBER_CONFIG:
         projects.set_config_fingerprint(r, pid, events.config_fingerprint(decision.label_config))
     return None
@@ -218,13 +275,13 @@ def _act(r: redis.Redis, decision: events.Decision) -> str | None:
 def metrics_view():
     """Prometheus text exposition of the shared counters and the queue gauges."""
     r = _redis()
-    body = metrics.render(r, jobs_queue.queue_gauges(r))
+    body = metrics.render(r, jobqueue.queue_gauges(r))
     return Response(body, mimetype="text/plain; version=0.0.4; charset=utf-8")
 
 
 def job_view(job_id: str):
     """Status, progress and error of one job; 404 if RQ does not know it."""
-    status = jobs_queue.job_status(_redis(), job_id)
+    status = jobqueue.job_status(_redis(), job_id) if JOB_ID.fullmatch(job_id) else None
     if status is None:
         return _error(404, f"no job {job_id[:64]!r}")
     return jsonify(status)
@@ -237,4 +294,4 @@ def jobs_view():
     if value is None:
         raise BadRequest("missing query parameter: /jobs?project=<id>")
     project_id = _project_id(value)
-    return jsonify({"project": project_id, "jobs": jobs_queue.project_jobs(_redis(), project_id)})
+    return jsonify({"project": project_id, "jobs": jobqueue.project_jobs(_redis(), project_id)})

@@ -1,8 +1,9 @@
 """Webhook payload -> what to do. Pure: no Redis, no queue, no HTTP.
 
 LS sends every event to ``/webhook`` without credentials, so a payload is an untrusted
-*trigger*: we take from it only the project id, the event name and (for TASKS_CREATED)
-which tasks to score; the jobs read the truth from the LS API.
+*trigger*: we take from it only the project id, the event name, the ids (and update times)
+of changed annotations, to count a change once however often it is delivered, and (for
+TASKS_CREATED) which tasks to score; the jobs read the truth from the LS API.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ RETRAIN = "retrain"  # START_TRAINING: retrain now
 SCORE_NEW = "score_new"  # TASKS_CREATED: score the new tasks with the current model
 RESET = "reset"  # PROJECT_UPDATED with a changed label config
 REMEMBER_CONFIG = "remember_config"  # PROJECT_UPDATED, config unknown before: just record it
+_MAX_STAMP = 64  # longest updated_at taken into a change key (LS sends ISO 8601, about 32 chars)
 
 
 class EventError(ValueError):
@@ -26,12 +28,17 @@ class EventError(ValueError):
 
 @dataclass(frozen=True)
 class Decision:
-    """What a webhook asks for. ``changes`` counts annotation changes for COUNT."""
+    """What a webhook asks for.
+
+    For COUNT, ``changes`` counts annotation changes; ``change_keys`` names those that can be
+    recognised in a repeated delivery (see :func:`change_key`), so they count only once.
+    """
 
     action: str
     event: str
     project_id: int
     changes: int = 0
+    change_keys: tuple[str, ...] = ()
     task_ids: tuple[int, ...] = ()
     label_config: str | None = None
 
@@ -93,7 +100,8 @@ def decide(payload: object, known_config: str | None = None) -> Decision:
         raise EventError("payload has no action")
     project_id = project_id_of(payload)
     if event in COUNTED:
-        return Decision(COUNT, event, project_id, changes=_count_changes(payload))
+        changes, keys = _count_changes(event, payload)
+        return Decision(COUNT, event, project_id, changes=changes, change_keys=keys)
     if event == "START_TRAINING":
         return Decision(RETRAIN, event, project_id)
     if event == "TASKS_CREATED":
@@ -103,13 +111,38 @@ def decide(payload: object, known_config: str | None = None) -> Decision:
     return Decision(IGNORE, event, project_id)
 
 
-def _count_changes(payload: dict) -> int:
-    """How many annotations an event touches: list lengths for bulk events, else one."""
-    for key in ("annotations", "annotation"):
-        value = payload.get(key)
+def change_key(event: str, annotation: object) -> str | None:
+    """A name for one annotation change, the same in every delivery of it; None if it has no id.
+
+    A created or updated annotation is named by its id and ``updated_at`` (an edit is a new
+    change); a deletion by its id. An update without ``updated_at`` cannot be told from the
+    next update of the same annotation, so it gets no name and counts at every delivery.
+    """
+    annotation_id = annotation.get("id") if isinstance(annotation, dict) else None
+    if not _is_id(annotation_id):
+        return None
+    if event == "ANNOTATIONS_DELETED":
+        return f"{annotation_id}:deleted"
+    updated = annotation.get("updated_at")
+    if isinstance(updated, str) and 0 < len(updated) <= _MAX_STAMP:
+        return f"{annotation_id}@{updated}"
+    return None if event == "ANNOTATION_UPDATED" else f"{annotation_id}:created"
+
+
+def _count_changes(event: str, payload: dict) -> tuple[int, tuple[str, ...]]:
+    """How many annotations an event touches (list lengths for bulk events, else one), and
+    the keys of those that have one."""
+    for name in ("annotations", "annotation"):
+        value = payload.get(name)
         if isinstance(value, list):
-            return max(1, len(value))
-    return 1
+            keys = (change_key(event, item) for item in value)
+            return max(1, len(value)), tuple(k for k in keys if k is not None)
+    key = change_key(event, payload.get("annotation"))
+    return 1, () if key is None else (key,)
+
+
+def _is_id(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 < value < 2**63
 
 
 def _tasks_created(payload: dict, project_id: int) -> Decision:

@@ -1,4 +1,4 @@
-"""Label config -> task spec, task -> text, annotation -> target, labels -> LS prediction JSON.
+"""Label config -> task spec, task -> text, annotation -> target, probabilities -> LS predictions.
 
 Pure functions: no HTTP, no Redis, no model. The only supported interface is one
 ``<Text>`` object labelled by one ``<Choices>`` control (single or multiple choice).
@@ -6,6 +6,7 @@ Pure functions: no HTTP, no Redis, no model. The only supported interface is one
 
 from __future__ import annotations
 
+import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from typing import Sequence
@@ -18,6 +19,7 @@ _OTHER_CONTROLS = {
     "relation", "rectangle", "polygon", "keypoint", "brush", "ellipse", "magicwand", "list",
 }
 _SINGLE_MODES = ("single", "single-radio")
+_SURROGATES = re.compile("[\ud800-\udfff]")
 
 
 class LabelConfigError(ValueError):
@@ -89,13 +91,23 @@ def _spec_from_choices(control: ET.Element, tags: list[ET.Element]) -> TaskSpec:
 
 
 def task_text(task: dict, spec: TaskSpec) -> str:
-    """The text to classify: ``task["data"][spec.value_key]`` (non-strings are stringified)."""
+    """The text to classify: ``task["data"][spec.value_key]`` (non-strings are stringified).
+
+    A missing or null field raises :class:`TaskDataError`. Lone surrogates (JSON allows
+    ``"\\ud800"``, UTF-8 cannot encode it) become U+FFFD, so hashing, caching and tokenizing
+    the text never fail on it.
+    """
     data = task.get("data") if isinstance(task, dict) else None
-    if not isinstance(data, dict) or spec.value_key not in data:
+    if not isinstance(data, dict) or data.get(spec.value_key) is None:
         task_id = task.get("id") if isinstance(task, dict) else None
         raise TaskDataError(f"task {task_id} has no data field {spec.value_key!r}")
     value = data[spec.value_key]
-    return value if isinstance(value, str) else str(value)
+    text = value if isinstance(value, str) else str(value)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = _SURROGATES.sub("\ufffd", text)
+    return text
 
 
 def annotation_target(result: list[dict], spec: TaskSpec) -> str | list[str] | None:
@@ -141,12 +153,22 @@ def prediction_result(labels: Sequence[str], spec: TaskSpec) -> list[dict]:
     }]
 
 
-def prediction_for(task_id: int, labels: Sequence[str], spec: TaskSpec, score: float,
-                   version: str) -> dict:
-    """One LS prediction (as imported by ``import_predictions``) for a task."""
-    return {
-        "task": int(task_id),
-        "result": prediction_result(labels, spec),
-        "score": float(score),
-        "model_version": version,
-    }
+def predictions(spec: TaskSpec, version: str, scores: Sequence[float],
+                probs: Sequence[Sequence[float]] | None = None,
+                task_ids: Sequence[int] | None = None) -> list[dict]:
+    """LS predictions, one per score: result, score and model version.
+
+    ``probs`` (N, C) gives each prediction its labels (:func:`labels_from_probs`); without it
+    the results are empty (a cold-start order carries no label). With ``task_ids`` each
+    prediction names its task, as ``import_predictions`` takes them; without, they are the
+    per-task results /predict answers, in the order of the tasks.
+    """
+    rows = [None] * len(scores) if probs is None else probs
+    ids = [None] * len(scores) if task_ids is None else task_ids
+    built = []
+    for score, row, task_id in zip(scores, rows, ids, strict=True):
+        labels = [] if row is None else labels_from_probs(row, spec)
+        task = {} if task_id is None else {"task": int(task_id)}
+        built.append({**task, "result": prediction_result(labels, spec), "score": float(score),
+                      "model_version": version})
+    return built

@@ -188,6 +188,15 @@ class LabelStudioClient:
             created += int(getattr(response, "created", None) or 0)
         return created
 
+    def model_versions(self, project_id: int) -> dict[str, int]:
+        """{model_version: prediction count} of the project, counted by LS in one query."""
+        body = self._request("GET", f"/api/projects/{project_id}/model-versions/",
+                             f"list model versions of project {project_id}")
+        if not isinstance(body, dict):
+            raise LabelStudioError(f"list model versions of project {project_id}: unexpected answer "
+                                   f"{_one_line(body)}")
+        return {str(version): int(count or 0) for version, count in body.items() if version}
+
     def delete_predictions(self, project_id: int, model_version: str) -> int:
         """Delete every prediction of `model_version` in one request; returns how many.
 

@@ -18,6 +18,7 @@ SUMMARIES = "al:metrics:summaries"  # field "<name>|<labels>|sum" / "|count" -> 
 
 HELP = {
     "al_webhooks_total": ("counter", "Webhooks received, by LS event."),
+    "al_duplicate_changes_total": ("counter", "Annotation changes delivered again and not counted again."),
     "al_jobs_enqueued_total": ("counter", "Jobs enqueued, by job function."),
     "al_jobs_finished_total": ("counter", "Jobs finished successfully, by job function."),
     "al_jobs_failed_total": ("counter", "Job attempts that raised, by job function."),

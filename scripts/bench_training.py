@@ -25,12 +25,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from backend.al import learner as lm  # noqa: E402
 from backend.al.datasets import load_trec, load_tsv  # noqa: E402
+from backend.al.kinds import head as head_kind  # noqa: E402
+from backend.al.kinds.head import MCDropoutHead  # noqa: E402
 from backend.al.learner import ActiveLearner, EngineConfig  # noqa: E402
-from backend.al.model import MCDropoutHead  # noqa: E402
 
-CURRENT = lm.HEAD_TRAINING
+CURRENT = head_kind.TRAINING
 SCHEDULES = {
     "first schedule (early stopping from 200, lr 3e-3, wd 1e-3, batch 64)":
         dataclasses.replace(CURRENT, lr=3e-3, weight_decay=1e-3, batch_size=64, min_val=200, min_epochs=0),
@@ -52,7 +52,7 @@ def subsets(n_pool: int, seed: int) -> list[int]:
 def bench_schedules(datasets, cache: Path, seeds: int) -> None:
     print("1. schedule: mean / min test accuracy over sizes 100-500 and seeds, and mean at 500 labels")
     for name, config in SCHEDULES.items():
-        lm.HEAD_TRAINING = config
+        head_kind.TRAINING = config
         cells = []
         for label, (pool, test) in datasets.items():
             classes = sorted(set(pool[1]))
@@ -66,7 +66,7 @@ def bench_schedules(datasets, cache: Path, seeds: int) -> None:
                 at500.append(accs[-1])
             cells.append(f"{label} {statistics.mean(accs):.3f} / {min(accs):.3f}, @500 {statistics.mean(at500):.3f}")
         print(f"  {name}\n      " + " | ".join(cells), flush=True)
-    lm.HEAD_TRAINING = CURRENT
+    head_kind.TRAINING = CURRENT
 
 
 def bench_warm_start(pool, test, cache: Path, seeds: int) -> None:

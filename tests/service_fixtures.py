@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from redis import Redis
 
+from backend.al.config import EngineConfig
 from backend.settings import Settings
 
 
@@ -60,6 +61,7 @@ def tiny_encoder(tmp_path_factory) -> str:
 @pytest.fixture
 def settings(redis_url, tmp_path, tiny_encoder) -> Settings:
     """Settings for one test: its own MODEL_DIR, the test Redis, the tiny encoder, no retry waits."""
-    return Settings(redis_url=redis_url, model_dir=tmp_path / "models", encoder=tiny_encoder,
-                    mc_samples=4, retrain_every=10, publish_top_k=0, job_retries=0,
+    return Settings(redis_url=redis_url, model_dir=tmp_path / "models",
+                    engine=EngineConfig(encoder=tiny_encoder, mc_samples=4), retrain_every=10, publish_top_k=0,
+                    job_retries=0,
                     label_studio_url="http://127.0.0.1:9", label_studio_api_key="test-token")

@@ -5,13 +5,12 @@ from __future__ import annotations
 import ast
 import importlib.util
 import re
-from dataclasses import fields
 from pathlib import Path
 
 import pytest
 import yaml
 
-from backend.settings import Settings
+from backend.settings import ENGINE_VARIABLES, Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
@@ -19,18 +18,22 @@ README = (ROOT / "README.md").read_text()
 OUR_SERVICES = ("web", "worker")
 
 
-def settings_docs() -> dict[str, tuple[str, str]]:
-    """ENV_NAME -> (default as written in settings.py, doc line), read from the source."""
+def settings_docs() -> dict[str, str]:
+    """ENV_NAME -> doc line: the Settings fields' docs, read from the source, and the engine's."""
     tree = ast.parse((ROOT / "backend" / "settings.py").read_text())
     cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Settings")
     docs, body = {}, cls.body
     for node, after in zip(body, body[1:] + [None], strict=True):
-        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.target.id != "engine":
             is_doc = isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant)
-            value = node.value
-            default = ast.unparse(value) if isinstance(value, ast.Call) else ast.literal_eval(value)
-            docs[node.target.id.upper()] = (default, after.value.value if is_doc else "")
+            docs[node.target.id.upper()] = after.value.value if is_doc else ""
+    docs.update({env: f"{env}: {doc}" for env, (_, doc) in ENGINE_VARIABLES.items()})
     return docs
+
+
+def shown(value: object) -> str:
+    """A default as the README's table shows it."""
+    return ("true" if value else "false") if isinstance(value, bool) else str(value)
 
 
 def readme_settings() -> dict[str, str]:
@@ -41,26 +44,24 @@ def readme_settings() -> dict[str, str]:
 
 def test_every_setting_has_a_doc_line_naming_it():
     docs = settings_docs()
-    assert set(docs) == {f.name.upper() for f in fields(Settings)}
-    for env, (_, doc) in docs.items():
+    assert set(docs) == set(Settings().environment())
+    for env, doc in docs.items():
         assert doc.startswith(f"{env}: "), env
 
 
 def test_readme_documents_every_setting_with_its_default():
     documented = readme_settings()
-    assert set(documented) == {f.name.upper() for f in fields(Settings)}
-    defaults = Settings()
-    for f in fields(Settings):
-        value = getattr(defaults, f.name)
-        expected = ("true" if value else "false") if isinstance(value, bool) else str(value)
-        shown = documented[f.name.upper()].strip("`")
-        assert shown == (expected if expected else "(empty)"), f.name
+    defaults = Settings().environment()
+    assert set(documented) == set(defaults)
+    for env, value in defaults.items():
+        expected = shown(value)
+        assert documented[env].strip("`") == (expected if expected else "(empty)"), env
 
 
 @pytest.mark.parametrize("service", OUR_SERVICES)
 def test_service_env_vars_are_settings(service):
     env = COMPOSE["services"][service]["environment"]
-    names = {f.name.upper() for f in fields(Settings)}
+    names = set(Settings().environment())
     assert set(env) <= names, set(env) - names
     assert "REDIS_URL" in env and "LABEL_STUDIO_URL" in env and "MODEL_DIR" in env
 
@@ -110,13 +111,12 @@ def test_dockerfile_copies_what_the_commands_import():
 
 def settings_table() -> str:
     """The README's settings table, generated from backend/settings.py."""
-    defaults, docs = Settings(), settings_docs()
+    docs = settings_docs()
     rows = ["| Variable | Default | What it does |", "|---|---|---|"]
-    for f in fields(Settings):
-        value = getattr(defaults, f.name)
-        shown = ("true" if value else "false") if isinstance(value, bool) else str(value)
-        doc = docs[f.name.upper()][1].split(": ", 1)[1].replace("|", "\\|")
-        rows.append(f"| `{f.name.upper()}` | {f'`{shown}`' if shown else '(empty)'} | {doc} |")
+    for env, value in Settings().environment().items():
+        default = shown(value)
+        doc = docs[env].split(": ", 1)[1].replace("|", "\\|")
+        rows.append(f"| `{env}` | {f'`{default}`' if default else '(empty)'} | {doc} |")
     return "\n".join(rows) + "\n"
 
 

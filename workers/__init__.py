@@ -1,1 +1,2 @@
-"""The worker process: RQ workers running the jobs in :mod:`workers.jobs`."""
+"""The worker process: RQ workers (:mod:`workers.worker`) handing a :class:`~workers.context.WorkerContext`
+to the jobs in :mod:`workers.training`, :mod:`workers.scoring` and :mod:`workers.lifecycle`."""

@@ -9,9 +9,9 @@ import sys
 
 from redis import Redis
 
-from backend import queue as jobs_queue
+from backend import jobqueue
 from backend.settings import Settings, SettingsError
-from workers import jobs
+from workers.context import WorkerContext
 from workers.worker import ReconcilingWorker
 
 
@@ -33,11 +33,11 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # Which GPUs a job may use is CUDA_VISIBLE_DEVICES' business; we only log it, never touch CUDA here.
     logging.getLogger("workers").info(
-        "worker starting: DEVICE=%s CUDA_VISIBLE_DEVICES=%s", settings.device,
+        "worker starting: DEVICE=%s CUDA_VISIBLE_DEVICES=%s", settings.engine.device,
         os.environ.get("CUDA_VISIBLE_DEVICES", "<unset>"))
-    jobs.configure(settings)
     connection = Redis.from_url(settings.redis_url)
-    worker = ReconcilingWorker(list(jobs_queue.QUEUES), connection=connection, settings=settings)
+    worker = ReconcilingWorker(list(jobqueue.QUEUES), connection=connection,
+                               context=WorkerContext.from_settings(settings))
     worker.work(burst=args.burst, with_scheduler=True, logging_level=settings.log_level.upper())
     return 0
 

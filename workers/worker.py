@@ -1,34 +1,67 @@
-"""Our RQ worker: a forking ``rq.Worker`` that also schedules the periodic reconciliation.
+"""Our RQ workers: each hands its :class:`~workers.context.WorkerContext` to every job it runs.
 
-Usable from rq's CLI too: ``rq worker train score --with-scheduler -w workers.worker.ReconcilingWorker``.
-The main process never touches CUDA; the engine picks the device inside the work-horse.
+``python -m workers`` runs a :class:`ReconcilingWorker` with a context built from the settings.
+rq's own CLI cannot pass one, so it takes :class:`EnvironmentWorker`, which reads the settings
+from the environment: ``rq worker train score --with-scheduler -w workers.worker.EnvironmentWorker``.
+The main process never touches CUDA: the engine is built inside the work-horse, on first use.
 """
 
 from __future__ import annotations
 
 from rq import Worker
+from rq.job import Job
 
-from backend import queue as jobs_queue
+from backend import jobqueue
 from backend.settings import Settings
+from workers.context import WorkerContext
 
 MAINTENANCE_MAX = 600  # rq's default maintenance interval
 
 
-class ReconcilingWorker(Worker):
+class ContextJob(Job):
+    """A job whose function is called with the worker's context first: ``func(context, *args)``."""
+
+    context: WorkerContext | None = None  # set by ContextWorker.perform_job, in the work-horse
+
+    def _execute(self):
+        # rq 3.0 (pinned in requirements.txt) calls ``self.func(*self.args, **self.kwargs)`` here.
+        if self.context is None:
+            raise RuntimeError(f"job {self.id} ({self.func_name}) has no WorkerContext: "
+                               "run it with a worker from workers.worker (`python -m workers`)")
+        return self.func(self.context, *self.args, **self.kwargs)
+
+
+class ContextWorker(Worker):
+    """A forking rq worker that gives every job it performs its context.
+
+    The context is built once, in the main process, and reaches each work-horse by the fork;
+    what it builds lazily (the engine) is built in the work-horse. Combined with rq's
+    ``SimpleWorker`` (``class W(SimpleWorker, ContextWorker)``) it runs jobs in-process.
+    """
+
+    def __init__(self, *args, context: WorkerContext, **kwargs) -> None:
+        self.context = context
+        kwargs["job_class"] = ContextJob  # rq's CLI passes its plain Job class; ours needs this one
+        super().__init__(*args, **kwargs)
+
+    def perform_job(self, job, queue, execution) -> bool:
+        """Runs in the work-horse (in-process for a SimpleWorker): hand the job our context."""
+        job.context = self.context
+        return super().perform_job(job, queue, execution)
+
+
+class ReconcilingWorker(ContextWorker):
     """Runs rq's maintenance and, every RECONCILE_INTERVAL s, enqueues one reconcile job.
 
     The reconcile is enqueued by whichever worker takes the Redis lock first, so N workers
     still give one reconcile per interval.
     """
 
-    settings: Settings | None = None
-
-    def __init__(self, *args, settings: Settings | None = None, **kwargs) -> None:
-        self.settings = settings or Settings.from_env()
-        interval = self.settings.reconcile_interval
+    def __init__(self, *args, context: WorkerContext, **kwargs) -> None:
+        interval = context.settings.reconcile_interval
         if interval > 0:
             kwargs.setdefault("maintenance_interval", max(1, min(interval, MAINTENANCE_MAX)))
-        super().__init__(*args, **kwargs)
+        super().__init__(*args, context=context, **kwargs)
 
     @property
     def dequeue_timeout(self) -> int:
@@ -39,8 +72,14 @@ class ReconcilingWorker(Worker):
         """rq's registry maintenance, then the reconcile timer."""
         super().run_maintenance_tasks()
         try:
-            jobs_queue.schedule_reconcile_if_due(
-                self.connection, self.settings.reconcile_interval,
-                jobs_queue.JobPolicy.from_settings(self.settings))
+            jobqueue.schedule_reconcile_if_due(self.connection, self.context.settings.reconcile_interval,
+                                               self.context.policy)
         except Exception:  # the timer must never kill the worker
             self.log.exception("could not schedule the reconcile job")
+
+
+class EnvironmentWorker(ReconcilingWorker):
+    """For rq's CLI, which cannot pass a context: builds it from ``Settings.from_env()``."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, context=WorkerContext.from_settings(Settings.from_env()), **kwargs)

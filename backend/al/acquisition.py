@@ -132,11 +132,44 @@ def variation_ratios(probs: torch.Tensor, multilabel: bool = False) -> torch.Ten
     return 1 - counts.max(dim=-1).values / t
 
 
-def random_values(probs: torch.Tensor, multilabel: bool = False,
-                  generator: torch.Generator | None = None) -> torch.Tensor:
-    """Uniform random values, the baseline every strategy must beat. (N, T, C) -> (N,)."""
+def random_values(probs: torch.Tensor, multilabel: bool = False, ids: torch.Tensor | None = None,
+                  seed: int = 0) -> torch.Tensor:
+    """Uniform random values, the baseline every strategy must beat. (N, T, C) -> (N,).
+
+    Each item's value is a hash of (seed, its id) (ids default to 0..N-1), so an item
+    gets the same value whichever shard of a pool it is scored in.
+    """
     probs = validate_probs(probs, multilabel)
-    return torch.rand(probs.shape[0], generator=generator, dtype=torch.float64).to(probs.dtype)
+    ids = torch.arange(probs.shape[0]) if ids is None else ids
+    if ids.shape != (probs.shape[0],):
+        raise ValueError(f"need one id per item: {probs.shape[0]} items, ids shaped {tuple(ids.shape)}")
+    return keyed_uniform(ids, seed).to(probs.dtype)
+
+
+_MASK32 = 0xFFFFFFFF
+
+
+def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
+    """(x * c) mod 2**32 for 32-bit x, without overflowing int64."""
+    return (((((x >> 16) * c) & 0xFFFF) << 16) + (x & 0xFFFF) * c) & _MASK32
+
+
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    """MurmurHash3's 32-bit finaliser: every input bit flips each output bit with probability ~1/2."""
+    x = x ^ (x >> 16)
+    x = _mul32(x, 0x85EBCA6B)
+    x = x ^ (x >> 13)
+    x = _mul32(x, 0xC2B2AE35)
+    return x ^ (x >> 16)
+
+
+def keyed_uniform(ids: torch.Tensor, seed: int) -> torch.Tensor:
+    """A uniform value in [0, 1) per id, fixed by (seed, id). ids (N,) integers -> (N,) float64."""
+    ids = ids.to(torch.int64)
+    low, high = ids & _MASK32, (ids >> 32) & _MASK32
+    x = _mix32(_mix32(low ^ _mix32(torch.full_like(low, int(seed) & _MASK32))) ^ high)
+    x = _mix32(x ^ ((int(seed) >> 32) & _MASK32))
+    return x.double() / 2.0**32
 
 
 Acquisition = Callable[..., torch.Tensor]
@@ -152,11 +185,11 @@ STRATEGIES: dict[str, Acquisition] = {
 """Acquisition functions by the name the settings and the CLI use."""
 
 
-def acquire(name: str, probs: torch.Tensor, multilabel: bool = False,
-            generator: torch.Generator | None = None) -> torch.Tensor:
-    """Apply the named acquisition function. (N, T, C) -> (N,)."""
+def acquire(name: str, probs: torch.Tensor, multilabel: bool = False, ids: torch.Tensor | None = None,
+            seed: int = 0) -> torch.Tensor:
+    """Apply the named acquisition function. (N, T, C) -> (N,); ``ids``/``seed`` key ``random``."""
     if name not in STRATEGIES:
         raise ValueError(f"unknown strategy {name!r}; choose from {', '.join(STRATEGIES)}")
     if name == "random":
-        return random_values(probs, multilabel, generator)
+        return random_values(probs, multilabel, ids, seed)
     return STRATEGIES[name](probs, multilabel)

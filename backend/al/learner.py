@@ -1,107 +1,39 @@
-"""The engine's facade: embed, fit, predict and rank with one configuration.
+"""The engine's facade: embed, fit, score and order with one configuration.
 
 Both the simulation CLI and the service's workers go through :class:`ActiveLearner`,
 so the ranking the service publishes is exactly the one the benchmark measured.
+
+Ranking a pool is two steps: :meth:`ActiveLearner.score` (per task: MC probabilities and
+acquisition values, for any subset of the pool, deterministic for a seed and task ids)
+and :meth:`ActiveLearner.order` (pool-wide: exploration, diversity, the final order).
+:meth:`ActiveLearner.rank` is their composition; a pool scored in shards and ordered
+once gives exactly the same ranking.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 
-from backend.al import ranking as rk
-from backend.al.acquisition import STRATEGIES, acquire
+from backend.al.acquisition import acquire
+from backend.al.config import EngineConfig
 from backend.al.embeddings import EmbeddingCache, text_key
-from backend.al.model import (
-    FullClassifier,
-    MCDropoutHead,
-    TextEncoder,
-    encoder_identity,
-    full_mode_tokenizer,
-    logits_to_probs,
-    pick_device,
-    resolve_encoder,
-)
-from backend.al.training import TrainConfig, fit
+from backend.al.encoder import TextEncoder, encoder_identity, pick_device, resolve_encoder
+from backend.al.kinds import kind_class
+from backend.al.kinds.base import Model, ModelKind, Progress
+from backend.al.ranking import COLD_START, Ranking, TaskScores, order_pool
 
-Progress = Callable[[int, int], None]
-"""progress(done, total): called while long steps run."""
+Ids = Sequence[int] | torch.Tensor | None
+"""Task ids of the texts scored, one per text; None numbers them 0..N-1."""
 
-
-@dataclass(frozen=True)
-class EngineConfig:
-    """How the engine embeds, trains and ranks. Defaults are the benchmarked ones."""
-
-    encoder: str = "all-MiniLM-L6-v2"
-    mode: str = "head"  # "head" or "full"
-    strategy: str = "margin"
-    mc_samples: int = 20
-    power_beta: float = 0.0  # 0: deterministic order; >0: PowerX sampling (Kirsch et al. 2023)
-    diversity_clusters: int = 0  # 0: off
-    exploration: float = 0.1
-    warm_start: bool = False
-    seed: int = 0
-    device: str = "auto"
-    hidden: int = 256
-    dropout: float = 0.3
-    max_length: int = 128
-    batch_size: int = 64
-    cold_start_clusters: int = 20
-
-    def __post_init__(self) -> None:
-        if self.mode not in ("head", "full"):
-            raise ValueError(f"mode must be 'head' or 'full', got {self.mode!r}")
-        if self.strategy not in STRATEGIES:
-            raise ValueError(f"unknown strategy {self.strategy!r}; choose from {', '.join(STRATEGIES)}")
-        if self.mc_samples < 1:
-            raise ValueError(f"mc_samples must be >= 1, got {self.mc_samples}")
-        if not 0 <= self.exploration < 1:
-            raise ValueError(f"exploration must be in [0, 1), got {self.exploration}")
-
-
-@dataclass
-class Model:
-    """A trained classifier: class names plus the state needed to rebuild it."""
-
-    classes: list[str]
-    multilabel: bool
-    encoder: str  # encoder identity the head was trained on
-    mode: str
-    state: dict[str, torch.Tensor]
-    n_train: int
-    meta: dict = field(default_factory=dict)
-
-
-@dataclass
-class Ranking:
-    """A priority order over a pool of N items.
-
-    order[i] is the index of the i-th item to label; scores[j] in [0, 1] is item j's
-    priority (lower = label sooner); values[j] its acquisition value (higher = more
-    informative); explored[j] marks items placed by the exploration share; probs is
-    the mean predictive distribution (N, C), or None at cold start.
-    """
-
-    order: torch.Tensor
-    scores: torch.Tensor
-    values: torch.Tensor
-    explored: torch.Tensor
-    probs: torch.Tensor | None
-    strategy: str
+__all__ = ["ActiveLearner", "EngineConfig", "Model", "NotEnoughLabels", "Ranking", "TaskScores",
+           "encode_targets"]
 
 
 class NotEnoughLabels(ValueError):
     """The labelled set cannot train a model yet (fewer than two classes present)."""
-
-
-# A head step is a few small matmuls: one thread is faster than several, 6-20x faster on a
-# loaded 2-core machine where OpenMP threads wait for each other (scripts/bench_training.py).
-HEAD_TRAINING = TrainConfig(threads=1)
-FULL_TRAINING = TrainConfig(lr=5e-5, weight_decay=0.01, batch_size=16, tiny_steps=60, max_epochs=4, patience=1)
 
 
 class ActiveLearner:
@@ -109,7 +41,8 @@ class ActiveLearner:
 
     Nothing heavy happens at construction: the encoder is loaded on the first text
     that is not in the embedding cache, and the device is picked on first use, so a
-    learner can be built before a fork without touching CUDA.
+    learner can be built before a fork without touching CUDA. The model kind is the
+    configured ``mode`` for training; a saved model is scored by its own kind.
     """
 
     def __init__(self, config: EngineConfig, cache_dir: Path | None = None) -> None:
@@ -120,7 +53,7 @@ class ActiveLearner:
         self._memory: dict[str, torch.Tensor] = {}
         self._encoder: TextEncoder | None = None
         self._device: torch.device | None = None
-        self._full: dict[int, FullClassifier] = {}
+        self._kinds: dict[str, ModelKind] = {}
 
     def __repr__(self) -> str:
         return f"ActiveLearner({self.config!r}, cache={self.cache!r})"
@@ -137,6 +70,13 @@ class ActiveLearner:
             self._encoder = TextEncoder(self.config.encoder, self.device, self.config.max_length,
                                         self.config.batch_size)
         return self._encoder
+
+    def kind(self, name: str | None = None) -> ModelKind:
+        """The model kind registered as ``name`` (default: the configured mode), built once."""
+        name = name or self.config.mode
+        if name not in self._kinds:
+            self._kinds[name] = kind_class(name)(self)
+        return self._kinds[name]
 
     # -- embeddings -------------------------------------------------------------------------
 
@@ -177,7 +117,7 @@ class ActiveLearner:
         previous: Model | None = None,
         progress: Progress | None = None,
     ) -> Model:
-        """Train a model on labelled texts; warm-starts from `previous` when configured."""
+        """Train a model of the configured kind; warm-starts from `previous` when configured."""
         classes = list(classes)
         targets = encode_targets(labels, classes, multilabel)
         if len(texts) != targets.shape[0]:
@@ -186,107 +126,70 @@ class ActiveLearner:
         if present < (1 if multilabel else 2):
             raise NotEnoughLabels(f"need labels of at least 2 classes to train, got {present}")
         warm = previous if self.config.warm_start and self._compatible(previous, classes, multilabel) else None
-        if self.config.mode == "full":
-            return self._fit_full(texts, targets, classes, multilabel, warm, progress)
-        return self._fit_head(texts, targets, classes, multilabel, warm, progress)
+        return self.kind().fit(texts, targets, classes, multilabel, warm, progress)
 
     def _compatible(self, previous: Model | None, classes: list[str], multilabel: bool) -> bool:
         return (previous is not None and previous.classes == classes and previous.multilabel == multilabel
-                and previous.encoder == self.identity and previous.mode == self.config.mode)
-
-    def _fit_head(self, texts, targets, classes, multilabel, warm, progress) -> Model:
-        x = self.embed(texts)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.config.seed)  # seeded initial weights, global RNG untouched
-            head = MCDropoutHead(x.shape[1], len(classes), self.config.hidden, self.config.dropout)
-        if warm is not None:
-            head.load_state_dict(warm.state)
-        stats = fit(head, lambda m, idx: m(x[idx]), len(texts), targets, multilabel,
-                    dataclasses.replace(HEAD_TRAINING, seed=self.config.seed), progress)
-        return Model(classes=classes, multilabel=multilabel, encoder=self.identity, mode="head",
-                     state={k: v.detach().clone() for k, v in head.state_dict().items()}, n_train=len(texts),
-                     meta={"dim": int(x.shape[1]), "hidden": self.config.hidden, "dropout": self.config.dropout,
-                           "warm_start": warm is not None, "class_counts": targets.sum(dim=0).tolist(),
-                           **{k: v for k, v in stats.items() if v is not None}})
-
-    def _fit_full(self, texts, targets, classes, multilabel, warm, progress) -> Model:
-        tokenizer = full_mode_tokenizer(self.encoder_path)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.config.seed)
-            net = FullClassifier(self.encoder_path, len(classes))
-        if warm is not None:
-            net.load_state_dict(warm.state)
-        net.to(self.device)
-        targets = targets.to(self.device)
-        texts = list(texts)
-
-        def forward(m, idx):
-            batch = tokenizer([texts[i] for i in idx.tolist()], padding=True, truncation=True,
-                              max_length=self.config.max_length, return_tensors="pt").to(self.device)
-            return m(**batch)
-
-        stats = fit(net, forward, len(texts), targets, multilabel,
-                    dataclasses.replace(FULL_TRAINING, seed=self.config.seed), progress)
-        return Model(classes=classes, multilabel=multilabel, encoder=self.identity, mode="full",
-                     state={k: v.detach().cpu().clone() for k, v in net.state_dict().items()}, n_train=len(texts),
-                     meta={"class_counts": targets.sum(dim=0).tolist(),
-                           **{k: v for k, v in stats.items() if v is not None}})
+                and previous.encoder == self.identity and previous.kind == self.config.mode)
 
     # -- scoring ------------------------------------------------------------------------------
 
     def mc_probs(self, model: Model, texts: Sequence[str], seed: int | None = None,
                  progress: Progress | None = None) -> torch.Tensor:
         """MC-dropout probabilities (N, T, C) for texts under model."""
-        generator = torch.Generator().manual_seed(self.config.seed if seed is None else seed)
-        if model.mode == "full":
-            return self._mc_probs_full(model, texts, progress)
-        x = self.embed(texts, progress)
-        head = MCDropoutHead(int(model.meta["dim"]), len(model.classes), int(model.meta["hidden"]),
-                             float(model.meta["dropout"]))
-        head.load_state_dict(model.state)
-        head.eval()
-        logits = head.mc_logits(x, self.config.mc_samples, generator)
-        return logits_to_probs(logits, model.multilabel)
-
-    def _mc_probs_full(self, model: Model, texts: Sequence[str], progress: Progress | None) -> torch.Tensor:
-        net = FullClassifier(self.encoder_path, len(model.classes))
-        net.load_state_dict(model.state)
-        net.to(self.device)
-        tokenizer = full_mode_tokenizer(self.encoder_path)
-        out = []
-        step = max(1, self.config.batch_size // 4)
-        for start in range(0, len(texts), step):
-            batch = tokenizer(list(texts[start:start + step]), padding=True, truncation=True,
-                              max_length=self.config.max_length, return_tensors="pt").to(self.device)
-            out.append(logits_to_probs(net.mc_logits(batch, self.config.mc_samples), model.multilabel).cpu())
-            if progress:
-                progress(min(start + step, len(texts)), len(texts))
-        return torch.cat(out) if out else torch.zeros(0, self.config.mc_samples, len(model.classes))
+        seed = self.config.seed if seed is None else seed
+        return self.kind(model.kind).mc_probs(model, texts, seed, progress)
 
     def predict_proba(self, model: Model, texts: Sequence[str]) -> torch.Tensor:
         """MC-averaged class probabilities (N, C)."""
         return self.mc_probs(model, texts).mean(dim=1)
 
-    def rank(
-        self,
-        model: Model | None,
-        texts: Sequence[str],
-        seed: int | None = None,
-        progress: Progress | None = None,
-    ) -> Ranking:
-        """Rank a pool: uncertainty with the model, diversity-first cold start without one."""
-        cfg = self.config
-        seed = cfg.seed if seed is None else seed
-        x = self.embed(texts, progress if model is None or model.mode == "head" else None)
+    def score(self, model: Model | None, texts: Sequence[str], ids: Ids = None, seed: int | None = None,
+              progress: Progress | None = None) -> TaskScores:
+        """The per-task step: values (and mean probabilities) for any subset of a pool.
+
+        ``ids`` are the texts' task ids (default 0..N-1); a task's result depends only on
+        its text, its id, the model and the seed. Without a model, texts are only embedded
+        (cached) for the cold-start order.
+        """
+        seed = self.config.seed if seed is None else seed
+        ids = _ids(ids, len(texts))
         if model is None:
-            order, values = rk.cold_start_order(x, cfg.cold_start_clusters, seed)
-            order, explored = rk.mix_exploration(order, cfg.exploration, torch.Generator().manual_seed(seed + 1))
-            return Ranking(order, rk.scores_from_order(order), values, explored, None, "cold_start")
+            self.embed(texts, progress)
+            return TaskScores(ids, torch.zeros(len(texts)), None, COLD_START)
         probs = self.mc_probs(model, texts, seed, progress)
-        values = acquire(cfg.strategy, probs, model.multilabel, torch.Generator().manual_seed(seed))
-        order, explored = rk.priority_order(values, x, power_beta=cfg.power_beta, clusters=cfg.diversity_clusters,
-                                            exploration=cfg.exploration, seed=seed)
-        return Ranking(order, rk.scores_from_order(order), values, explored, probs.mean(dim=1), cfg.strategy)
+        values = acquire(self.config.strategy, probs, model.multilabel, ids=ids, seed=seed)
+        return TaskScores(ids, values, probs.mean(dim=1), self.config.strategy)
+
+    def order(self, scored: TaskScores, embeddings: torch.Tensor | None = None, seed: int | None = None) -> Ranking:
+        """The pool-wide step: the final order of a whole pool's scores (see ranking.order_pool).
+
+        ``embeddings`` (N, D), in the order of ``scored``, are needed for diversity and cold start.
+        """
+        cfg = self.config
+        return order_pool(scored, embeddings, power_beta=cfg.power_beta, clusters=cfg.diversity_clusters,
+                          exploration=cfg.exploration, cold_start_clusters=cfg.cold_start_clusters,
+                          seed=cfg.seed if seed is None else seed)
+
+    def needs_embeddings(self, scored: TaskScores) -> bool:
+        """Whether :meth:`order` needs the pool's embeddings for these scores."""
+        return scored.strategy == COLD_START or self.config.diversity_clusters > 1
+
+    def rank(self, model: Model | None, texts: Sequence[str], ids: Ids = None, seed: int | None = None,
+             progress: Progress | None = None) -> Ranking:
+        """Rank a pool: uncertainty with the model, diversity-first cold start without one."""
+        scored = self.score(model, texts, ids, seed, progress)
+        embeddings = self.embed(texts) if self.needs_embeddings(scored) else None
+        return self.order(scored, embeddings, seed)
+
+
+def _ids(ids: Ids, n: int) -> torch.Tensor:
+    if ids is None:
+        return torch.arange(n)
+    ids = torch.as_tensor(ids, dtype=torch.int64)
+    if ids.shape != (n,):
+        raise ValueError(f"need one task id per text: {n} texts, ids shaped {tuple(ids.shape)}")
+    return ids
 
 
 def encode_targets(labels: Sequence[str] | Sequence[Sequence[str]], classes: Sequence[str],

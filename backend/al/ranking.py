@@ -15,11 +15,77 @@ Three settings shape the order beyond plain "most informative first":
 
 Scores are ranks scaled to [0, 1]: **lower = label sooner**, matching Label Studio's
 "Uncertainty sampling", which serves the lowest prediction score first.
+
+:func:`order_pool` is the pool-wide step: it takes the per-task :class:`TaskScores` of
+the whole pool (one call or many shards, merged with :meth:`TaskScores.concat`) and
+gives the :class:`Ranking`. Items are ordered by task id first, so neither the split
+into shards nor the order they are merged in changes the result.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
+
+COLD_START = "cold_start"  # TaskScores.strategy before any model: order by representativeness
+
+
+@dataclass
+class TaskScores:
+    """Per-task results for some tasks of a pool: what a shard job computes.
+
+    ids (N,) int64 task ids (unique); values (N,) acquisition values (higher = more
+    informative; zeros at cold start); probs (N, C) mean predictive distribution, or
+    None at cold start.
+    """
+
+    ids: torch.Tensor
+    values: torch.Tensor
+    probs: torch.Tensor | None
+    strategy: str
+
+    def __post_init__(self) -> None:
+        if self.ids.dim() != 1 or self.values.shape != self.ids.shape:
+            raise ValueError(f"ids {tuple(self.ids.shape)} and values {tuple(self.values.shape)} must be (N,)")
+        if self.probs is not None and self.probs.shape[0] != self.ids.numel():
+            raise ValueError(f"probs has {self.probs.shape[0]} rows for {self.ids.numel()} ids")
+
+    def __len__(self) -> int:
+        return self.ids.numel()
+
+    @classmethod
+    def concat(cls, parts: list["TaskScores"]) -> "TaskScores":
+        """Merge shards' scores (any order). Raises ValueError on mixed strategies or repeated ids."""
+        if not parts:
+            raise ValueError("no scores to merge")
+        strategies = {p.strategy for p in parts}
+        if len(strategies) != 1:
+            raise ValueError(f"cannot merge scores of different strategies: {sorted(strategies)}")
+        has_probs = {p.probs is not None for p in parts}
+        if len(has_probs) != 1:
+            raise ValueError("cannot merge scores with and without probabilities")
+        probs = torch.cat([p.probs for p in parts]) if parts[0].probs is not None else None
+        return cls(torch.cat([p.ids for p in parts]), torch.cat([p.values for p in parts]), probs,
+                   parts[0].strategy)
+
+
+@dataclass
+class Ranking:
+    """A priority order over a pool of N items, indexed like the TaskScores it came from.
+
+    order[i] is the index of the i-th item to label; scores[j] in [0, 1] is item j's
+    priority (lower = label sooner); values[j] its acquisition value (higher = more
+    informative); explored[j] marks items placed by the exploration share; probs is
+    the mean predictive distribution (N, C), or None at cold start.
+    """
+
+    order: torch.Tensor
+    scores: torch.Tensor
+    values: torch.Tensor
+    explored: torch.Tensor
+    probs: torch.Tensor | None
+    strategy: str
 
 
 def scores_from_order(order: torch.Tensor) -> torch.Tensor:
@@ -181,3 +247,46 @@ def cold_start_order(embeddings: torch.Tensor, clusters: int, seed: int = 0) -> 
     depth = max(len(lane) for lane in lanes)
     order = [lane[i] for i in range(depth) for lane in lanes if i < len(lane)]
     return torch.tensor(order, dtype=torch.long), -dist
+
+
+def order_pool(
+    scored: TaskScores,
+    embeddings: torch.Tensor | None = None,
+    *,
+    power_beta: float = 0.0,
+    clusters: int = 0,
+    exploration: float = 0.0,
+    cold_start_clusters: int = 20,
+    seed: int = 0,
+) -> Ranking:
+    """The pool-wide step: exploration, diversity and the final order of scored tasks.
+
+    scored (N items), embeddings (N, D) in the same item order (needed for diversity and
+    cold start) -> Ranking indexed like ``scored``. Items are put in task-id order first,
+    so the result depends on the set of (id, value) pairs, not on how they were merged.
+    """
+    ids = scored.ids
+    if torch.unique(ids).numel() != ids.numel():
+        raise ValueError("task ids must be unique")
+    perm = torch.argsort(ids, stable=True)  # canonical position -> input index
+    x = embeddings[perm] if embeddings is not None else None
+    if scored.strategy == COLD_START:
+        if x is None:
+            raise ValueError("the cold-start order needs the pool's embeddings")
+        order, values = cold_start_order(x, cold_start_clusters, seed)
+        order, explored = mix_exploration(order, exploration, torch.Generator().manual_seed(seed + 1))
+    else:
+        values = scored.values[perm]
+        order, explored = priority_order(values, x, power_beta=power_beta, clusters=clusters,
+                                         exploration=exploration, seed=seed)
+    return _back_to_input(perm, order, values, explored, scored)
+
+
+def _back_to_input(perm, order, values, explored, scored: TaskScores) -> Ranking:
+    """Re-index a ranking computed in canonical (id) order by the input's item order."""
+    back_values = torch.empty_like(values)
+    back_values[perm] = values
+    back_explored = torch.empty_like(explored)
+    back_explored[perm] = explored
+    order = perm[order]
+    return Ranking(order, scores_from_order(order), back_values, back_explored, scored.probs, scored.strategy)

@@ -82,7 +82,7 @@ def run_one(learner: ActiveLearner, pool: tuple[list[str], list[str]], test: tup
                      "macro_f1": macro_f1(pred, test_gold, len(classes))})
         if len(labelled) >= budget or not unlabelled:
             return rows
-        ranking = learner.rank(model, [texts[i] for i in unlabelled], seed=seed * 1000 + round_)
+        ranking = learner.rank(model, [texts[i] for i in unlabelled], ids=unlabelled, seed=seed * 1000 + round_)
         take = ranking.order[:min(batch_size, budget - len(labelled))].tolist()
         chosen = {unlabelled[i] for i in take}
         labelled += [unlabelled[i] for i in take]

@@ -18,15 +18,18 @@ import os
 import re
 import secrets
 import tempfile
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 from backend.al.embeddings import atomic_write
-from backend.al.learner import Model
+from backend.al.kinds.base import Model
 
 _VERSION = re.compile(r"^p(\d+)-v(\d{4,})-([0-9a-f]{6})$")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file exists but cannot be read back (truncated, overwritten, not ours)."""
 
 
 class ModelStore:
@@ -67,13 +70,16 @@ class ModelStore:
         existing = self.versions(project_id)
         number = int(_VERSION.match(existing[-1]).group(2)) + 1 if existing else 1
         version = f"p{int(project_id)}-v{number:04d}-{secrets.token_hex(3)}"
-        atomic_write(folder / f"{version}.pt", {"format": 1, **asdict(model)})
+        atomic_write(folder / f"{version}.pt", model.to_dict())
         self._write_current(folder, version)
         self._prune(project_id, version)
         return version
 
     def load(self, project_id: int, version: str | None = None) -> Model | None:
-        """The model of a version (default: current), or None when there is none."""
+        """The model of a version (default: current), or None when there is none.
+
+        Raises :class:`CheckpointError` when the file is there but unreadable.
+        """
         version = version or self.current(project_id)
         if version is None:
             return None
@@ -82,9 +88,11 @@ class ModelStore:
         path = self._dir(project_id) / f"{version}.pt"
         if not path.exists():
             return None
-        data = torch.load(path, weights_only=True, map_location="cpu")
-        data.pop("format", None)
-        return Model(**data)
+        try:
+            return Model.from_dict(torch.load(path, weights_only=True, map_location="cpu"))
+        except Exception as exc:  # torch raises a zoo of types for a damaged file: OSError, RuntimeError, ...
+            raise CheckpointError(f"checkpoint {version} of project {int(project_id)} is unreadable "
+                                  f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]})") from exc
 
     def reset(self, project_id: int) -> None:
         """Forget the current version (e.g. the label config changed); checkpoints stay until pruned."""

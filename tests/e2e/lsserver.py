@@ -99,20 +99,31 @@ class LabelStudioServer:
 
     def start(self) -> "LabelStudioServer":
         """Initialise the data dir, start the server and wait until /health answers."""
-        env = offline_env(self.workdir / "data")
-        log = self.log_path.open("ab")
         init = [str(self.executable), "init", "--username", self.username, "--password", self.password,
                 "--user-token", self.token, "--enable-legacy-api-token", "--no-browser"]
-        done = subprocess.run(init, cwd=self.workdir, env=env, stdout=log, stderr=subprocess.STDOUT,
-                              timeout=START_TIMEOUT, check=False)
+        with self.log_path.open("ab") as log:
+            done = subprocess.run(init, cwd=self.workdir, env=offline_env(self.workdir / "data"), stdout=log,
+                                  stderr=subprocess.STDOUT, timeout=START_TIMEOUT, check=False)
         if done.returncode != 0:
             raise LabelStudioServerError(f"label-studio init exited {done.returncode}\n{self.log_tail()}")
+        return self.launch()
+
+    def launch(self) -> "LabelStudioServer":
+        """Start the server on an initialised data dir (again, after a crash) and wait until it is healthy."""
         start = [str(self.executable), "start", "--port", str(self.port), "--internal-host", "127.0.0.1",
                  "--no-browser"]
-        self.process = subprocess.Popen(start, cwd=self.workdir, env=env, stdout=log,
-                                        stderr=subprocess.STDOUT, start_new_session=True)
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(start, cwd=self.workdir, env=offline_env(self.workdir / "data"),
+                                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self._wait_healthy()
         return self
+
+    def signal(self, signum: int) -> None:
+        """Send a signal to the server's whole process group (SIGKILL to crash it, SIGSTOP to freeze it)."""
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signum)
+            if signum == signal.SIGKILL:
+                self.process.wait(timeout=10)
 
     def _wait_healthy(self) -> None:
         deadline = time.monotonic() + START_TIMEOUT

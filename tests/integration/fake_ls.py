@@ -21,7 +21,7 @@ class FakeLabelStudio:
     def __init__(self, project_id: int = 1, label_config: str = CONFIG) -> None:
         self.project_id = project_id
         self.label_config = label_config
-        self.tasks: dict[int, str | None] = {}  # None: a task without the "text" field
+        self.tasks: dict[int, object] = {}  # a text; None: no "text" field; NULL: "text": null
         self.annotations: dict[int, str] = {}  # task id -> choice
         self.predictions: list[dict] = []
         self.model_version = ""
@@ -30,12 +30,15 @@ class FakeLabelStudio:
         self.calls: Counter = Counter()
         self.fail: dict[str, Exception] = {}  # method name -> exception raised (once)
         self.import_fail_after: int | None = None  # import this many, then fail (once)
+        self.down = False  # an outage: every call raises until it is cleared
+        self.crash_during_import: int | None = None  # import this many, then go down (once)
         self.block_annotated: threading.Event | None = None  # annotated_tasks waits on it
+        self.block_import: threading.Event | None = None  # import_predictions waits on it
         self.listed_after: list[int] = []  # after_id of every list_tasks call
         self.switch_then_fail = False  # set_model_version applies, then the reply is lost (once)
         self.lock = threading.Lock()
 
-    def add_tasks(self, texts: list[str]) -> list[int]:
+    def add_tasks(self, texts: list) -> list[int]:
         start = max(self.tasks, default=0) + 1
         ids = list(range(start, start + len(texts)))
         self.tasks.update(zip(ids, texts, strict=True))
@@ -49,6 +52,16 @@ class FakeLabelStudio:
         return [p for p in self.predictions if p["model_version"] == version]
 
 
+NULL = object()
+"""A task text that is JSON null ({"text": null}); None stands for a task without the field."""
+
+
+def _data(text: object) -> dict:
+    if text is None:
+        return {"other": "no text field"}
+    return {"text": None if text is NULL else text}
+
+
 class FakeClient:
     """The contract API of LabelStudioClient over a FakeLabelStudio."""
 
@@ -57,6 +70,8 @@ class FakeClient:
 
     def _enter(self, name: str, project_id: int) -> None:
         self.ls.calls[name] += 1
+        if self.ls.down:
+            raise LabelStudioError(f"{name}: cannot reach Label Studio (fake outage)")
         if name in self.ls.fail:
             raise self.ls.fail.pop(name)
         if project_id != self.ls.project_id:
@@ -70,8 +85,7 @@ class FakeClient:
     def list_tasks(self, project_id, after_id=0):
         self._enter("list_tasks", project_id)
         self.ls.listed_after.append(after_id)
-        return [{"id": i, "data": {"text": t} if t is not None else {"other": "no text field"}}
-                for i, t in sorted(self.ls.tasks.items()) if i > after_id]
+        return [{"id": i, "data": _data(t)} for i, t in sorted(self.ls.tasks.items()) if i > after_id]
 
     def count_tasks(self, project_id):
         self._enter("count_tasks", project_id)
@@ -85,7 +99,7 @@ class FakeClient:
         self._enter("annotated_tasks", project_id)
         if self.ls.block_annotated is not None:
             self.ls.block_annotated.wait(30)
-        return [{"id": i, "data": {"text": self.ls.tasks[i]},
+        return [{"id": i, "data": _data(self.ls.tasks[i]),
                  "result": [{"from_name": "label", "to_name": "text", "type": "choices",
                              "value": {"choices": [c]}}]}
                 for i, c in sorted(self.ls.annotations.items()) if i in self.ls.tasks]
@@ -96,11 +110,18 @@ class FakeClient:
 
     def import_predictions(self, project_id, predictions):
         self._enter("import_predictions", project_id)
+        if self.ls.block_import is not None:
+            self.ls.block_import.wait(30)
         with self.ls.lock:
             if self.ls.import_fail_after is not None:
                 keep, self.ls.import_fail_after = self.ls.import_fail_after, None
                 self.ls.predictions.extend(dict(p) for p in predictions[:keep])
                 raise LabelStudioError("import failed midway (fake)")
+            if self.ls.crash_during_import is not None:
+                keep, self.ls.crash_during_import = self.ls.crash_during_import, None
+                self.ls.predictions.extend(dict(p) for p in predictions[:keep])
+                self.ls.down = True
+                raise LabelStudioError("Label Studio went down during the import (fake)")
             self.ls.predictions.extend(dict(p) for p in predictions)
         return len(predictions)
 
@@ -117,6 +138,12 @@ class FakeClient:
             before = len(self.ls.predictions)
             self.ls.predictions = [p for p in self.ls.predictions if p["model_version"] != model_version]
             return before - len(self.ls.predictions)
+
+    def model_versions(self, project_id):
+        self._enter("model_versions", project_id)
+        with self.ls.lock:
+            counts = Counter(p["model_version"] for p in self.ls.predictions)
+        return dict(counts)
 
     def set_sampling(self, project_id, sampling="Uncertainty sampling"):
         self._enter("set_sampling", project_id)

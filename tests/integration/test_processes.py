@@ -16,7 +16,7 @@ import pytest
 from rq.job import Job
 from rq.registry import FailedJobRegistry, FinishedJobRegistry
 
-from backend import queue as jobs_queue
+from backend import jobqueue
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -34,19 +34,19 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run_worker(redis_url: str, tmp_path: Path, tiny_encoder: str) -> subprocess.CompletedProcess:
+def _run_worker(redis_url: str, tmp_path: Path, tiny_encoder: str,
+                command: tuple[str, ...] = (sys.executable, "-m", "workers", "--burst")):
     env = _env(REDIS_URL=redis_url, MODEL_DIR=tmp_path / "models", ENCODER=tiny_encoder,
                LABEL_STUDIO_URL="http://127.0.0.1:1", LABEL_STUDIO_API_KEY="x", JOB_RETRIES=0,
                RECONCILE_INTERVAL=0, LOG_LEVEL="WARNING")
-    return subprocess.run([sys.executable, "-m", "workers", "--burst"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(list(command), cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
 
 
 def test_worker_process_fails_a_job_and_runs_the_next(redis_url, r, tmp_path, tiny_encoder):
-    policy = jobs_queue.JobPolicy(retries=0)
-    first, outcome = jobs_queue.enqueue_retrain(r, 1, policy, "test")
+    policy = jobqueue.JobPolicy(retries=0)
+    first, outcome = jobqueue.enqueue_retrain(r, 1, policy, "test")
     assert outcome == "enqueued"
-    stale = jobs_queue.enqueue_rescore(r, 1, "p1-v0009-abcdef", policy)
+    stale = jobqueue.enqueue_rescore(r, 1, "p1-v0009-abcdef", policy)
     result = _run_worker(redis_url, tmp_path, tiny_encoder)
     assert result.returncode == 0, result.stderr[-2000:]
     # LS is unreachable: the retrain raised in the work-horse and RQ kept it as failed.
@@ -54,11 +54,21 @@ def test_worker_process_fails_a_job_and_runs_the_next(redis_url, r, tmp_path, ti
     assert "LabelStudioError" in Job.fetch(first, connection=r).latest_result().exc_string
     assert Job.fetch(stale.id, connection=r).return_value()["skipped"] is True
     # A failed job never blocks the next retrain: a new job is enqueued and runs.
-    second, outcome = jobs_queue.enqueue_retrain(r, 1, policy, "test")
+    second, outcome = jobqueue.enqueue_retrain(r, 1, policy, "test")
     assert outcome == "enqueued" and second != first
     assert _run_worker(redis_url, tmp_path, tiny_encoder).returncode == 0
     assert set(FailedJobRegistry("train", connection=r).get_job_ids()) == {first, second}
     assert FinishedJobRegistry("score", connection=r).get_job_ids() == [stale.id]
+
+
+def test_rq_cli_runs_our_jobs_with_the_environment_worker(redis_url, r, tmp_path, tiny_encoder):
+    """rq's own CLI cannot pass a context: EnvironmentWorker builds it from the environment."""
+    stale = jobqueue.enqueue_rescore(r, 1, "p1-v0009-abcdef", jobqueue.JobPolicy(retries=0))
+    rq_cli = str(Path(sys.executable).parent / "rq")
+    result = _run_worker(redis_url, tmp_path, tiny_encoder, (
+        rq_cli, "worker", "--burst", "--url", redis_url, "-w", "workers.worker.EnvironmentWorker", "train", "score"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert Job.fetch(stale.id, connection=r).return_value()["skipped"] is True
 
 
 def _get(url: str, timeout: float = 2.0) -> tuple[int, dict]:
@@ -94,6 +104,9 @@ def test_embedded_stack_starts_serves_and_stops_together(tmp_path, tiny_encoder)
                 time.sleep(0.5)
         assert (status, body["status"]) == (200, "UP")
         assert (tmp_path / "data" / "redis.db").parent.exists()
+        config = ('<View><Text name="text" value="$text"/><Choices name="label" toName="text">'
+                  '<Choice value="pos"/><Choice value="neg"/></Choices></View>')
+        assert _post(base + "/setup", {"project": "1.1", "schema": config})[0] == 200  # makes project 1 known
         status, body = _post(base + "/webhook", {"action": "START_TRAINING", "project": 1})
         assert status == 200 and body["job_id"]
         # The embedded worker picks the job up (and fails it: no LS here), visible through /jobs.
@@ -115,11 +128,13 @@ def test_start_up_paths_never_initialise_cuda(redis_url):
         "import torch\n"
         "from backend.app import create_app\n"
         "from backend.settings import Settings\n"
-        "import workers.__main__, workers.jobs\n"
+        "import workers.__main__, workers.training, workers.scoring, workers.lifecycle\n"
+        "from workers.context import WorkerContext\n"
         "from workers.worker import ReconcilingWorker\n"
         "from redis import Redis\n"
         f"create_app(Settings(redis_url={redis_url!r}))\n"
-        f"ReconcilingWorker(['train'], connection=Redis.from_url({redis_url!r}), settings=Settings())\n"
+        f"ReconcilingWorker(['train'], connection=Redis.from_url({redis_url!r}),\n"
+        "                  context=WorkerContext.from_settings(Settings()))\n"
         "print('cuda initialised:', torch.cuda.is_initialized())\n"
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=_env(), capture_output=True,

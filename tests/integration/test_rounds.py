@@ -10,15 +10,14 @@ from rq import Queue
 from rq.job import Job
 from rq.registry import FailedJobRegistry, FinishedJobRegistry
 
-from backend import projects
-from backend import queue as jobs_queue
+from backend import jobqueue, projects
 from backend.al.store import ModelStore
 from backend.app import create_app
 from backend.labeling import parse_label_config
 from backend.labelstudio import LabelStudioError
 from tests.integration.fake_ls import FakeLabelStudio
 from tests.integration.workers_helper import BackgroundWorker, drain
-from workers import jobs
+from workers.context import WorkerContext
 from workers.task_index import TaskIndex
 
 POS = ["good great film", "great fun", "lovely good", "fine great acting", "good good"]
@@ -26,16 +25,20 @@ NEG = ["bad awful film", "awful boring", "poor bad", "terrible bad acting", "bad
 
 
 @pytest.fixture
-def ls(settings):
+def ls():
     fake = FakeLabelStudio(project_id=1)
     ids = fake.add_tasks(POS * 3 + NEG * 3)
     for i in ids[:4]:
         fake.annotations[i] = "pos"
     for i in ids[15:19]:
         fake.annotations[i] = "neg"
-    jobs.configure(settings, client_factory=fake.client)
-    yield fake
-    jobs.configure(settings)
+    return fake
+
+
+@pytest.fixture
+def context(settings, ls):
+    """The workers' context: the test's settings, LS replaced by the fake."""
+    return WorkerContext.from_settings(settings, client_factory=ls.client)
 
 
 @pytest.fixture
@@ -45,7 +48,7 @@ def web(settings):
 
 def _finished(r, func: str) -> list[Job]:
     found = []
-    for name in jobs_queue.QUEUES:
+    for name in jobqueue.QUEUES:
         registry = FinishedJobRegistry(name, connection=r)
         jobs = Job.fetch_many(registry.get_job_ids(), connection=r)
         found += [j for j in jobs if j and j.func_name == func]
@@ -57,9 +60,15 @@ def _failed(r, func: str) -> list[Job]:
     return [j for j in Job.fetch_many(registry.get_job_ids(), connection=r) if j and j.func_name == func]
 
 
-def test_setup_then_start_training_publishes_priorities(web, ls, r, settings):
+def _set_up(web, ls) -> None:
+    """Connect the project as LS does (/setup, which enqueues prepare_project): webhooks for a
+    project never set up are refused."""
+    assert web.post("/setup", json={"project": "1.17", "schema": ls.label_config}).status_code == 200
+
+
+def test_setup_then_start_training_publishes_priorities(web, ls, r, settings, context):
     web.post("/setup", json={"project": "1.17", "schema": ls.label_config})
-    drain(r)  # prepare -> cold-start rescore
+    drain(r, context)  # prepare -> cold-start rescore
     assert ls.sampling == "Uncertainty sampling" and ls.views == ["Active learning queue"]
     # Annotations exist, so first contact trained a model straight away.
     version = ModelStore(settings.model_dir / "models").current(1)
@@ -74,7 +83,7 @@ def test_setup_then_start_training_publishes_priorities(web, ls, r, settings):
     for i in list(unlabelled)[:3]:
         ls.annotations[i] = "pos"
     job_id = web.post("/webhook", json={"action": "START_TRAINING", "project": 1}).get_json()["job_id"]
-    drain(r)
+    drain(r, context)
     new_version = ModelStore(settings.model_dir / "models").current(1)
     assert new_version != version and ls.model_version == new_version
     assert projects.published_version(r, 1) == new_version
@@ -90,40 +99,42 @@ def test_setup_then_start_training_publishes_priorities(web, ls, r, settings):
     assert 'al_jobs_finished_total{job="delete_version"} 1' in metrics
 
 
-def test_cold_start_publishes_a_first_order(web, ls, r):
+def test_cold_start_publishes_a_first_order(web, ls, r, context):
     ls.annotations.clear()
     web.post("/setup", json={"project": "1.17", "schema": ls.label_config})
-    drain(r)
+    drain(r, context)
     assert ls.model_version == projects.cold_start_version(1)
     assert len(ls.live_predictions()) == len(ls.tasks)
     assert all(p["result"] == [] for p in ls.live_predictions())
     tasks = [{"id": 1, "data": {"text": "good"}}]
     response = web.post("/predict", json={"tasks": tasks, "project": "1.1", "label_config": ls.label_config})
     assert response.status_code == 200
-    assert response.get_json()["results"][0]["model_version"] == "cold-start"
+    assert response.get_json()["results"][0]["model_version"] == projects.cold_start_version(1)
     # TASKS_CREATED before any model: nothing to score with, nothing imported.
     new_ids = ls.add_tasks(["fresh task"])
     web.post("/webhook", json={"action": "TASKS_CREATED", "project": {"id": 1}, "tasks": [{"id": new_ids[0]}]})
-    drain(r)
+    drain(r, context)
     assert all(p["task"] != new_ids[0] for p in ls.predictions)
 
 
-def test_burst_after_which_one_retrain_runs(web, ls, r, settings):
+def test_burst_after_which_one_retrain_runs(web, ls, r, context):
+    _set_up(web, ls)
     for i in range(100):
         web.post("/webhook", json={"action": "ANNOTATION_CREATED", "project": {"id": 1},
                                    "task": {"id": i, "project": 1}})
-    assert [j.func_name for j in Queue("train", connection=r).jobs] == ["workers.jobs.retrain"]
-    drain(r)
-    assert len(_finished(r, "workers.jobs.retrain")) == 1
+    assert [j.func_name for j in Queue("train", connection=r).jobs] == ["workers.training.retrain"]
+    drain(r, context)
+    assert len(_finished(r, "workers.training.retrain")) == 1
     assert ls.calls["annotated_tasks"] == 1
 
 
-def test_burst_during_a_retrain_gives_exactly_one_follow_up(web, ls, r, settings):
+def test_burst_during_a_retrain_gives_exactly_one_follow_up(web, ls, r, context):
+    _set_up(web, ls)
     import threading
     import time
 
     ls.block_annotated = threading.Event()
-    with BackgroundWorker(r):
+    with BackgroundWorker(r, context):
         start = time.monotonic()
         for i in range(100):
             response = web.post("/webhook", json={"action": "ANNOTATION_CREATED", "project": {"id": 1},
@@ -138,41 +149,43 @@ def test_burst_during_a_retrain_gives_exactly_one_follow_up(web, ls, r, settings
         ls.block_annotated.set()
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and (
-                len(_finished(r, "workers.jobs.retrain")) < 2 or Queue("score", connection=r).count):
+                len(_finished(r, "workers.training.retrain")) < 2 or Queue("score", connection=r).count):
             time.sleep(0.05)
-    assert len(_finished(r, "workers.jobs.retrain")) == 2
+    assert len(_finished(r, "workers.training.retrain")) == 2
     assert ls.calls["annotated_tasks"] == 2
 
 
-def test_failed_retrain_lands_in_failed_registry_and_next_runs(web, ls, r, settings):
+def test_failed_retrain_lands_in_failed_registry_and_next_runs(web, ls, r, context):
+    _set_up(web, ls)
     ls.fail["get_project"] = LabelStudioError("LS is down (fake)")
     first = web.post("/webhook", json={"action": "START_TRAINING", "project": 1}).get_json()["job_id"]
-    drain(r)
-    assert [j.id for j in _failed(r, "workers.jobs.retrain")] == [first]
+    drain(r, context)
+    assert [j.id for j in _failed(r, "workers.training.retrain")] == [first]
     status = web.get(f"/jobs/{first}").get_json()
     assert status["status"] == "failed" and "LS is down (fake)" in status["error"]
     assert "Traceback" not in status["error"]
     second = web.post("/webhook", json={"action": "START_TRAINING", "project": 1}).get_json()["job_id"]
     assert second != first
-    drain(r)
+    drain(r, context)
     assert web.get(f"/jobs/{second}").get_json()["status"] == "finished"
     assert ls.model_version.startswith("p1-v")
     assert 'al_jobs_failed_total{job="retrain"} 1' in web.get("/metrics").get_data(as_text=True)
 
 
-def test_retry_with_backoff_reruns_the_same_job(ls, r, settings):
+def test_retry_with_backoff_reruns_the_same_job(ls, r, context):
     ls.fail["get_project"] = LabelStudioError("transient (fake)")
-    policy = jobs_queue.JobPolicy(retries=2, backoff=(0,))
-    job_id, outcome = jobs_queue.enqueue_retrain(r, 1, policy, "test")
+    policy = jobqueue.JobPolicy(retries=2, backoff=(0,))
+    job_id, outcome = jobqueue.enqueue_retrain(r, 1, policy, "test")
     assert outcome == "enqueued"
-    drain(r)
+    drain(r, context)
     job = Job.fetch(job_id, connection=r)
     assert job.get_status() == "finished" and ls.calls["get_project"] >= 2
 
 
-def test_publish_is_atomic_and_retry_is_idempotent(web, ls, r, settings):
+def test_publish_is_atomic_and_retry_is_idempotent(web, ls, r, context):
+    _set_up(web, ls)
     web.post("/webhook", json={"action": "START_TRAINING", "project": 1})
-    drain(r)
+    drain(r, context)
     old = ls.model_version
     old_predictions = [dict(p) for p in ls.live_predictions()]
     assert old and old_predictions
@@ -181,9 +194,9 @@ def test_publish_is_atomic_and_retry_is_idempotent(web, ls, r, settings):
         ls.annotations[i] = "neg"
     ls.import_fail_after = 3
     web.post("/webhook", json={"action": "START_TRAINING", "project": 1})
-    drain(r)
+    drain(r, context)
     (failed,) = Job.fetch_many(FailedJobRegistry("score", connection=r).get_job_ids(), connection=r)
-    assert failed.func_name == "workers.jobs.rescore"
+    assert failed.func_name == "workers.scoring.rescore"
     new = failed.args[1]
     # Nothing switched: LS still samples by the old version, whose predictions are untouched.
     assert ls.model_version == old and projects.published_version(r, 1) == old
@@ -191,32 +204,34 @@ def test_publish_is_atomic_and_retry_is_idempotent(web, ls, r, settings):
     assert len(ls.live_predictions(new)) == 3  # the partial import, ignored by LS's sampling
 
     FailedJobRegistry("score", connection=r).requeue(failed.id)
-    drain(r)
+    drain(r, context)
     assert ls.model_version == new and projects.published_version(r, 1) == new
     live = ls.live_predictions()
     assert len(live) == len({p["task"] for p in live}) == len(ls.tasks) - len(ls.annotations)
     assert ls.live_predictions(old) == []
 
 
-def test_retry_after_a_switch_whose_reply_was_lost(web, ls, r):
+def test_retry_after_a_switch_whose_reply_was_lost(web, ls, r, context):
+    _set_up(web, ls)
     ls.switch_then_fail = True
     web.post("/webhook", json={"action": "START_TRAINING", "project": 1})
-    drain(r)
+    drain(r, context)
     (failed,) = Job.fetch_many(FailedJobRegistry("score", connection=r).get_job_ids(), connection=r)
     new = failed.args[1]
     assert ls.model_version == new and projects.published_version(r, 1) != new
     imported = [dict(p) for p in ls.live_predictions(new)]
     deletes = ls.calls["delete_predictions"]
     FailedJobRegistry("score", connection=r).requeue(failed.id)
-    drain(r)
+    drain(r, context)
     assert projects.published_version(r, 1) == new
     assert ls.calls["delete_predictions"] == deletes  # nothing re-imported, nothing deleted
     assert ls.live_predictions(new) == imported
 
 
-def test_rounds_read_only_new_tasks_and_drop_deleted_ones(web, ls, r):
+def test_rounds_read_only_new_tasks_and_drop_deleted_ones(web, ls, r, context):
+    _set_up(web, ls)
     web.post("/webhook", json={"action": "START_TRAINING", "project": 1})
-    drain(r)
+    drain(r, context)
     assert ls.listed_after[0] == 0
     known_max = max(ls.tasks)
     gone = next(i for i in sorted(ls.tasks) if i not in ls.annotations)
@@ -224,26 +239,27 @@ def test_rounds_read_only_new_tasks_and_drop_deleted_ones(web, ls, r):
     (added,) = ls.add_tasks(["brand new good film"])
     ls.listed_after.clear()
     web.post("/webhook", json={"action": "START_TRAINING", "project": 1})
-    drain(r)
+    drain(r, context)
     assert ls.listed_after and min(ls.listed_after) == known_max  # never the whole project again
     tasks = {p["task"] for p in ls.live_predictions()}
     assert gone not in tasks and added in tasks
     assert tasks == set(ls.tasks) - set(ls.annotations)
 
 
-def test_rounds_without_deletions_never_list_all_task_ids(web, ls, r):
+def test_rounds_without_deletions_never_list_all_task_ids(web, ls, r, context):
+    _set_up(web, ls)
     web.post("/webhook", json={"action": "START_TRAINING", "project": 1})
-    drain(r)
+    drain(r, context)
     assert ls.calls["count_tasks"] >= 2  # retrain and rescore both synced the index
     assert ls.calls["task_ids"] == 0  # nothing deleted: the cheap count matched
     (added,) = ls.add_tasks(["brand new good film"])
     web.post("/webhook", json={"action": "START_TRAINING", "project": 1})
-    drain(r)
+    drain(r, context)
     assert ls.calls["task_ids"] == 0  # new tasks are listed, not a reason to list every id
     assert added in {p["task"] for p in ls.live_predictions()}
     del ls.tasks[added]
     web.post("/webhook", json={"action": "START_TRAINING", "project": 1})
-    drain(r)
+    drain(r, context)
     assert ls.calls["task_ids"] == 1  # the count dropped: one full check, then the index agrees
     assert added not in {p["task"] for p in ls.live_predictions()}
 
@@ -279,33 +295,34 @@ def test_index_written_before_skipped_ids_were_kept_heals_after_one_check(ls, se
     assert ls.calls["task_ids"] == 1
 
 
-def test_stale_rescore_is_skipped(ls, r, settings):
-    jobs_queue.enqueue_retrain(r, 1, jobs_queue.JobPolicy(retries=0), "a")
-    drain(r)
+def test_stale_rescore_is_skipped(ls, r, context):
+    jobqueue.enqueue_retrain(r, 1, jobqueue.JobPolicy(retries=0), "a")
+    drain(r, context)
     live = ls.model_version
-    job = jobs_queue.enqueue_rescore(r, 1, "p1-v0000-aaaaaa", jobs_queue.JobPolicy(retries=0))
-    drain(r)
+    job = jobqueue.enqueue_rescore(r, 1, "p1-v0000-aaaaaa", jobqueue.JobPolicy(retries=0))
+    drain(r, context)
     assert Job.fetch(job.id, connection=r).return_value()["skipped"] is True
     assert ls.model_version == live
 
 
-def test_new_tasks_are_scored_with_the_live_model(web, ls, r):
+def test_new_tasks_are_scored_with_the_live_model(web, ls, r, context):
+    _set_up(web, ls)
     web.post("/webhook", json={"action": "START_TRAINING", "project": 1})
-    drain(r)
+    drain(r, context)
     version = ls.model_version
     new_ids = ls.add_tasks(["great good lovely", "awful bad poor"])
     response = web.post("/webhook", json={"action": "TASKS_CREATED", "project": {"id": 1},
                                           "tasks": [{"id": i} for i in new_ids]})
     assert response.get_json()["action"] == "score_new"
-    drain(r)
+    drain(r, context)
     scored = [p for p in ls.live_predictions() if p["task"] in new_ids]
     assert len(scored) == 2 and all(p["model_version"] == version for p in scored)
     assert all(0.0 <= p["score"] <= 1.0 for p in scored)
 
 
-def test_label_config_change_resets_and_retrains(web, ls, r, settings):
+def test_label_config_change_resets_and_retrains(web, ls, r, settings, context):
     web.post("/setup", json={"project": "1.1", "schema": ls.label_config})
-    drain(r)
+    drain(r, context)
     store = ModelStore(settings.model_dir / "models")
     before = store.current(1)
     ls.label_config = ls.label_config.replace('"neg"', '"negative"')
@@ -313,55 +330,55 @@ def test_label_config_change_resets_and_retrains(web, ls, r, settings):
         ls.annotations[task_id] = "pos" if n % 2 else "negative"
     web.post("/webhook", json={"action": "PROJECT_UPDATED",
                                "project": {"id": 1, "label_config": ls.label_config}})
-    assert [j.func_name for j in Queue("train", connection=r).jobs] == ["workers.jobs.reset_project"]
-    drain(r)
+    assert [j.func_name for j in Queue("train", connection=r).jobs] == ["workers.lifecycle.reset_project"]
+    drain(r, context)
     after = store.current(1)
     assert after and after != before
     assert store.load(1).classes == ["pos", "negative"]
 
 
-def test_one_class_only_waits_for_more_labels(ls, r, settings):
+def test_one_class_only_waits_for_more_labels(ls, r, settings, context):
     for task_id in ls.annotations:
         ls.annotations[task_id] = "pos"
-    job_id, _ = jobs_queue.enqueue_retrain(r, 1, jobs_queue.JobPolicy(retries=0), "test")
-    drain(r)
+    job_id, _ = jobqueue.enqueue_retrain(r, 1, jobqueue.JobPolicy(retries=0), "test")
+    drain(r, context)
     job = Job.fetch(job_id, connection=r)
     assert job.get_status() == "finished" and job.return_value() is None
     assert projects.trained_count(r, 1) == 8  # reconcile will not keep retrying it
     assert ModelStore(settings.model_dir / "models").current(1) is None
 
 
-def test_reconcile_catches_lost_webhooks(ls, r, settings):
+def test_reconcile_catches_lost_webhooks(ls, r, context):
     projects.register(r, 1)
-    policy = jobs_queue.JobPolicy(retries=0)
-    jobs_queue.enqueue_reconcile(r, policy)
-    drain(r)
+    policy = jobqueue.JobPolicy(retries=0)
+    jobqueue.enqueue_reconcile(r, policy)
+    drain(r, context)
     assert projects.trained_count(r, 1) == 8
-    assert len(_finished(r, "workers.jobs.retrain")) == 1
+    assert len(_finished(r, "workers.training.retrain")) == 1
     ls.annotations[max(ls.tasks)] = "neg"  # its webhook got lost
-    jobs_queue.enqueue_reconcile(r, policy)
-    drain(r)
+    jobqueue.enqueue_reconcile(r, policy)
+    drain(r, context)
     assert projects.trained_count(r, 1) == 9
-    assert len(_finished(r, "workers.jobs.retrain")) == 2
-    jobs_queue.enqueue_reconcile(r, policy)
-    drain(r)
-    assert len(_finished(r, "workers.jobs.retrain")) == 2  # up to date: nothing to do
+    assert len(_finished(r, "workers.training.retrain")) == 2
+    jobqueue.enqueue_reconcile(r, policy)
+    drain(r, context)
+    assert len(_finished(r, "workers.training.retrain")) == 2  # up to date: nothing to do
 
 
 def test_reconcile_timer_fires_once_per_interval(r):
-    policy = jobs_queue.JobPolicy(retries=0)
-    assert jobs_queue.schedule_reconcile_if_due(r, 60, policy) is not None
-    assert jobs_queue.schedule_reconcile_if_due(r, 60, policy) is None
-    assert jobs_queue.schedule_reconcile_if_due(r, 0, policy) is None
-    assert [j.func_name for j in Queue("train", connection=r).jobs] == ["workers.jobs.reconcile"]
+    policy = jobqueue.JobPolicy(retries=0)
+    assert jobqueue.schedule_reconcile_if_due(r, 60, policy) is not None
+    assert jobqueue.schedule_reconcile_if_due(r, 60, policy) is None
+    assert jobqueue.schedule_reconcile_if_due(r, 0, policy) is None
+    assert [j.func_name for j in Queue("train", connection=r).jobs] == ["workers.lifecycle.reconcile"]
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")
-def test_retrain_uses_the_gpu_when_there_is_one(ls, r, settings):
-    jobs_queue.enqueue_retrain(r, 1, jobs_queue.JobPolicy(retries=0), "gpu")
-    drain(r)
-    assert jobs._learner().device.type == "cuda"
+def test_retrain_uses_the_gpu_when_there_is_one(ls, r, context):
+    jobqueue.enqueue_retrain(r, 1, jobqueue.JobPolicy(retries=0), "gpu")
+    drain(r, context)
+    assert context.learner.device.type == "cuda"
     assert ls.model_version.startswith("p1-v")
 
 
@@ -375,21 +392,22 @@ def test_worker_timer_enqueues_reconcile_and_it_retrains(ls, r, settings):
         """Our worker's timer with in-process job execution (the fake LS lives in this process)."""
 
     projects.register(r, 1)  # known, but its annotations' webhooks were all lost
-    timed = dataclasses.replace(settings, reconcile_interval=60)
-    worker = Worker(list(jobs_queue.QUEUES), connection=r, settings=timed)
+    timed = WorkerContext.from_settings(dataclasses.replace(settings, reconcile_interval=60),
+                                        client_factory=ls.client)
+    worker = Worker(list(jobqueue.QUEUES), connection=r, context=timed)
     assert worker.maintenance_interval == 60 and worker.dequeue_timeout <= 60
     worker.work(burst=True, logging_level="WARNING")
-    assert [j.func_name for j in _finished(r, "workers.jobs.reconcile")] == ["workers.jobs.reconcile"]
+    assert [j.func_name for j in _finished(r, "workers.lifecycle.reconcile")] == ["workers.lifecycle.reconcile"]
     assert projects.trained_count(r, 1) == 8 and ls.model_version.startswith("p1-v")
     # A second worker within the interval does not enqueue another reconcile.
-    Worker(list(jobs_queue.QUEUES), connection=r, settings=timed).work(burst=True, logging_level="WARNING")
-    assert len(_finished(r, "workers.jobs.reconcile")) == 1
+    Worker(list(jobqueue.QUEUES), connection=r, context=timed).work(burst=True, logging_level="WARNING")
+    assert len(_finished(r, "workers.lifecycle.reconcile")) == 1
 
 
 def test_a_new_order_does_not_wait_behind_old_prediction_deletes(r):
-    policy = jobs_queue.JobPolicy(retries=0)
-    jobs_queue.enqueue_cleanup(r, 1, "p1-v0001-aaaaaa", policy)
-    jobs_queue.enqueue_score_new(r, 1, [5], policy)
-    jobs_queue.enqueue_rescore(r, 1, "p1-v0002-bbbbbb", policy)
+    policy = jobqueue.JobPolicy(retries=0)
+    jobqueue.enqueue_cleanup(r, 1, "p1-v0001-aaaaaa", policy)
+    jobqueue.enqueue_score_new(r, 1, [5], policy)
+    jobqueue.enqueue_rescore(r, 1, "p1-v0002-bbbbbb", policy)
     assert [j.func_name for j in Queue("score", connection=r).jobs] == [
-        "workers.jobs.rescore", "workers.jobs.delete_version", "workers.jobs.score_new_tasks"]
+        "workers.scoring.rescore", "workers.lifecycle.delete_version", "workers.scoring.score_new_tasks"]

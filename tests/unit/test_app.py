@@ -48,9 +48,9 @@ def test_setup_validates_and_prepares_once(client, r):
     assert response.get_json() == {"model_version": ""}
     assert projects.known_projects(r) == [3]
     assert projects.connection(r, 3) == {"hostname": "http://127.0.0.1:8080", "access_token": "tok"}
-    assert _queued(r, "score") == ["workers.jobs.prepare_project"]
+    assert _queued(r, "score") == ["workers.lifecycle.prepare_project"]
     client.post("/setup", json=payload)
-    assert _queued(r, "score") == ["workers.jobs.prepare_project"]  # first contact only
+    assert _queued(r, "score") == ["workers.lifecycle.prepare_project"]  # first contact only
 
 
 def test_setup_returns_published_version(client, r):
@@ -62,7 +62,7 @@ def test_setup_returns_published_version(client, r):
 def test_setup_with_changed_config_resets(client, r):
     client.post("/setup", json={"project": "3.1", "schema": CONFIG})
     client.post("/setup", json={"project": "3.1", "schema": CONFIG.replace("neg", "negative")})
-    assert _queued(r, "train") == ["workers.jobs.reset_project"]
+    assert _queued(r, "train") == ["workers.lifecycle.reset_project"]
 
 
 @pytest.mark.parametrize("payload, reason", [
@@ -83,7 +83,13 @@ def _webhook(client, payload):
     return client.post("/webhook", json=payload)
 
 
+def _set_up(client, project_id):
+    """Connect a project as LS does: only /setup makes a project one webhooks may drive."""
+    assert client.post("/setup", json={"project": f"{project_id}.1", "schema": CONFIG}).status_code == 200
+
+
 def test_webhook_counts_to_retrain_every(client, r, settings):
+    _set_up(client, 5)
     for i in range(settings.retrain_every - 1):
         response = _webhook(client, {"action": "ANNOTATION_CREATED", "project": {"id": 5},
                                      "task": {"id": i + 1, "project": 5}})
@@ -91,35 +97,45 @@ def test_webhook_counts_to_retrain_every(client, r, settings):
     assert _queued(r, "train") == []
     response = _webhook(client, {"action": "ANNOTATION_UPDATED", "annotation": {"project": 5}})
     assert response.get_json()["action"] == "count"
-    assert _queued(r, "train") == ["workers.jobs.retrain"]
+    assert _queued(r, "train") == ["workers.training.retrain"]
     assert projects.known_projects(r) == [5]
-    assert _queued(r, "score") == ["workers.jobs.prepare_project"]  # first contact via webhook
+    assert _queued(r, "score") == ["workers.lifecycle.prepare_project"]  # first contact via /setup only
 
 
 def test_webhook_retrains_coalesce(client, r):
+    _set_up(client, 5)
     first = _webhook(client, {"action": "START_TRAINING", "project": 5}).get_json()
     second = _webhook(client, {"action": "START_TRAINING", "project": 5}).get_json()
     assert first["job_id"] == second["job_id"]
     # LS's "Start Training" records the retrain from the answer's "job" key.
     assert first["job"] == first["job_id"] and first["job"]
-    assert _queued(r, "train") == ["workers.jobs.retrain"]
+    assert _queued(r, "train") == ["workers.training.retrain"]
 
 
 def test_webhook_tasks_created_and_reset(client, r):
+    _set_up(client, 5)  # records the label config
     _webhook(client, {"action": "TASKS_CREATED", "project": {"id": 5}, "tasks": [{"id": 9}, {"id": 8}]})
     jobs = Queue("score", connection=r).jobs
     assert [j.args for j in jobs if j.func_name.endswith("score_new_tasks")] == [(5, [8, 9])]
     updated = {"action": "PROJECT_UPDATED", "project": {"id": 5, "label_config": CONFIG}}
-    assert _webhook(client, updated).get_json()["action"] == "remember_config"
-    assert _webhook(client, updated).get_json()["action"] == "ignore"
+    assert _webhook(client, updated).get_json()["action"] == "ignore"  # the config /setup recorded
     changed = {"action": "PROJECT_UPDATED", "project": {"id": 5, "label_config": CONFIG + " "}}
     assert _webhook(client, changed).get_json()["action"] == "ignore"  # whitespace only
     changed["project"]["label_config"] = CONFIG.replace("pos", "positive")
     assert _webhook(client, changed).get_json()["action"] == "reset"
-    assert _queued(r, "train") == ["workers.jobs.reset_project"]
+    assert _queued(r, "train") == ["workers.lifecycle.reset_project"]
+
+
+def test_webhook_remembers_a_config_it_never_saw(client, r):
+    projects.register(r, 5)  # known from before /setup recorded label configs
+    updated = {"action": "PROJECT_UPDATED", "project": {"id": 5, "label_config": CONFIG}}
+    assert _webhook(client, updated).get_json()["action"] == "remember_config"
+    assert _webhook(client, updated).get_json()["action"] == "ignore"
+    assert _queued(r, "train") == []
 
 
 def test_webhook_ignores_other_events(client, r):
+    _set_up(client, 5)
     response = _webhook(client, {"action": "TASKS_DELETED", "project": {"id": 5}})
     assert response.status_code == 200 and response.get_json()["action"] == "ignore"
     assert _queued(r, "train") == []
@@ -140,6 +156,7 @@ def test_webhook_malformed_is_400_and_changes_nothing(client, r, body, reason):
 
 
 def test_webhook_is_fast(client):
+    _set_up(client, 5)
     start = time.monotonic()
     for _ in range(50):
         _webhook(client, {"action": "ANNOTATION_CREATED", "project": {"id": 5}})
@@ -147,6 +164,7 @@ def test_webhook_is_fast(client):
 
 
 def test_metrics_exposition(client, r):
+    _set_up(client, 5)
     _webhook(client, {"action": "ANNOTATION_CREATED", "project": {"id": 5}})
     _webhook(client, {"action": "START_TRAINING", "project": {"id": 5}})
     response = client.get("/metrics")
@@ -161,15 +179,18 @@ def test_metrics_exposition(client, r):
 
 
 def test_jobs_endpoint(client, r):
+    _set_up(client, 5)
     job_id = _webhook(client, {"action": "START_TRAINING", "project": 5}).get_json()["job_id"]
     body = client.get(f"/jobs/{job_id}").get_json()
-    assert body["status"] == "queued" and body["function"] == "workers.jobs.retrain"
+    assert body["status"] == "queued" and body["function"] == "workers.training.retrain"
     assert body["error"] is None and body["progress"] is None
     missing = client.get("/jobs/does-not-exist")
     assert missing.status_code == 404 and "no job" in missing.get_json()["error"]
 
 
 def test_jobs_of_a_project_newest_first(client, r):
+    _set_up(client, 5)
+    _set_up(client, 6)
     retrain = _webhook(client, {"action": "START_TRAINING", "project": {"id": 5}}).get_json()["job"]
     score = _webhook(client, {"action": "TASKS_CREATED", "project": {"id": 5},
                               "tasks": [{"id": 1}]}).get_json()["job"]
@@ -182,7 +203,7 @@ def test_jobs_of_a_project_newest_first(client, r):
     prepare = names[-1][0]
     assert names == [(score, "score_new_tasks"), (retrain, "retrain"), (prepare, "prepare_project")]
     first = body["jobs"][1]
-    assert first["status"] == "queued" and first["function"] == "workers.jobs.retrain"
+    assert first["status"] == "queued" and first["function"] == "workers.training.retrain"
     assert first["enqueued_at"] and first["ended_at"] is None and first["progress"] is None
     assert [j["name"] for j in client.get("/jobs?project=6").get_json()["jobs"]] == [
         "retrain", "prepare_project"]
@@ -190,6 +211,7 @@ def test_jobs_of_a_project_newest_first(client, r):
 
 
 def test_jobs_of_a_project_are_capped_and_expire(client, r):
+    _set_up(client, 5)
     for _ in range(projects.JOBS_KEPT + 5):
         Queue("train", connection=r).empty()  # the next START_TRAINING is a new job, not coalesced
         _webhook(client, {"action": "START_TRAINING", "project": 5})
@@ -241,11 +263,11 @@ def test_predict_cold_start_before_any_model(client):
     assert response.status_code == 200
     results = response.get_json()["results"]
     assert len(results) == 2
-    assert all(x["result"] == [] and x["model_version"] == "cold-start" for x in results)
+    assert all(x["result"] == [] and x["model_version"] == projects.cold_start_version(4) for x in results)
 
 
 def test_predict_with_a_trained_model(client, settings, r):
-    learner = ActiveLearner(settings.engine_config(), cache_dir=settings.model_dir / "embeddings")
+    learner = ActiveLearner(settings.engine, cache_dir=settings.model_dir / "embeddings")
     texts = ["good great fine", "bad awful poor", "great good", "poor bad"] * 3
     labels = ["pos", "neg", "pos", "neg"] * 3
     model = learner.fit(texts, labels, ["pos", "neg"])

@@ -9,7 +9,7 @@ from backend.labeling import (
     annotation_target,
     labels_from_probs,
     parse_label_config,
-    prediction_for,
+    predictions,
     task_text,
 )
 
@@ -101,11 +101,22 @@ def test_labels_from_probs():
 
 def test_prediction_json_matches_what_ls_imports():
     spec = parse_label_config(SINGLE)
-    assert prediction_for(7, ["Neutral"], spec, 0.25, "p1-v0001-abc") == {
+    assert predictions(spec, "p1-v0001-abc", [0.25], [[0.1, 0.2, 0.7]], task_ids=[7]) == [{
         "task": 7,
         "result": [{"from_name": "sentiment", "to_name": "text", "type": "choices",
                     "value": {"choices": ["Neutral"]}}],
         "score": 0.25,
         "model_version": "p1-v0001-abc",
-    }
-    assert prediction_for(7, [], spec, 0.0, "v")["result"] == []
+    }]
+    assert predictions(spec, "v", [0.0], task_ids=[7])[0]["result"] == []
+
+
+def test_predictions_for_predict_name_no_task_and_keep_the_order():
+    spec = parse_label_config(MULTI)
+    served = predictions(spec, "p2-v0003-abc", [0.9, 0.6], [[0.7, 0.1, 0.6], [0.1, 0.2, 0.3]])
+    assert [p["result"][0]["value"]["choices"] if p["result"] else [] for p in served] == [
+        ["Positive", "Neutral"], []]
+    assert all("task" not in p and p["model_version"] == "p2-v0003-abc" for p in served)
+    assert [p["score"] for p in served] == [0.9, 0.6]
+    with pytest.raises(ValueError):
+        predictions(spec, "v", [0.1, 0.2], task_ids=[1])  # one id per score

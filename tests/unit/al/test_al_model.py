@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from backend.al.embeddings import EmbeddingCache, text_key
+from backend.al.encoder import TextEncoder, bf16_supported, pick_device
+from backend.al.kinds.head import MCDropoutHead
 from backend.al.learner import ActiveLearner, EngineConfig, Model, NotEnoughLabels, encode_targets
-from backend.al.model import MCDropoutHead, TextEncoder, bf16_supported, pick_device
 from backend.al.store import ModelStore
 
 TEXTS = ["stocks fell sharply today", "the team won the cup final", "new chip doubles battery life",
@@ -105,7 +106,7 @@ def test_learner_embeds_once_then_reads_the_cache(tiny_bert, tmp_path):
 def test_fit_predict_rank_head_mode(tiny_bert, tmp_path):
     learner = ActiveLearner(EngineConfig(encoder=str(tiny_bert), mc_samples=5, exploration=0.0), tmp_path)
     model = learner.fit(TEXTS, LABELS, CLASSES)
-    assert model.classes == CLASSES and model.n_train == 6 and model.mode == "head"
+    assert model.classes == CLASSES and model.n_train == 6 and model.kind == "head"
     probs = learner.mc_probs(model, TEXTS)
     assert probs.shape == (6, 5, 4)
     assert torch.allclose(probs.sum(-1), torch.ones(6, 5), atol=1e-5)
@@ -126,10 +127,10 @@ def test_warm_start_uses_previous_weights(tiny_bert, tmp_path):
     first = learner.fit(TEXTS, LABELS, CLASSES)
     second = learner.fit(TEXTS, LABELS, CLASSES, previous=first)
     fresh = ActiveLearner(EngineConfig(encoder=str(tiny_bert)), tmp_path).fit(TEXTS, LABELS, CLASSES, previous=first)
-    assert fresh.meta["warm_start"] is False  # the default trains from scratch
-    assert second.meta["warm_start"] is True and first.meta["warm_start"] is False
+    assert fresh.stats["warm_start"] is False  # the default trains from scratch
+    assert second.stats["warm_start"] is True and first.stats["warm_start"] is False
     other_classes = learner.fit(TEXTS, LABELS, CLASSES + ["Extra"], previous=first)
-    assert other_classes.meta["warm_start"] is False  # incompatible head: start over
+    assert other_classes.stats["warm_start"] is False  # incompatible head: start over
 
 
 def test_multilabel_fit_and_probs(tiny_bert, tmp_path):
@@ -167,7 +168,7 @@ def test_full_mode_mc_dropout_through_the_transformer(tiny_bert, tmp_path):
     learner = ActiveLearner(EngineConfig(encoder=str(tiny_bert), mode="full", mc_samples=3, exploration=0.0),
                             tmp_path)
     model = learner.fit(TEXTS, LABELS, CLASSES)
-    assert model.mode == "full" and any(k.startswith("encoder.") for k in model.state)
+    assert model.kind == "full" and any(k.startswith("encoder.") for k in model.state)
     probs = learner.mc_probs(model, TEXTS)
     assert probs.shape == (6, 3, 4)
     assert probs.std(dim=1).max() > 0  # dropout inside the transformer makes the samples differ
@@ -175,8 +176,8 @@ def test_full_mode_mc_dropout_through_the_transformer(tiny_bert, tmp_path):
 
 
 def _model(n: int = 3) -> Model:
-    return Model(classes=["a", "b"], multilabel=False, encoder="enc", mode="head",
-                 state={"w": torch.full((2,), float(n))}, n_train=n, meta={"hidden": 4})
+    return Model(classes=["a", "b"], multilabel=False, encoder="enc", kind="head",
+                 state={"w": torch.full((2,), float(n))}, n_train=n, arch={"hidden": 4})
 
 
 def test_store_versions_current_load_prune_reset(tmp_path):

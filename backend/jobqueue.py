@@ -1,9 +1,11 @@
 """Thin RQ glue: the two queues, job options, retrain coalescing and job status.
 
-Jobs are enqueued by dotted name (``"workers.jobs.retrain"``) so the web process never
-imports ``workers``. Job ids are random: a failed job keeps its id in RQ's failed
-registry for ``failure_ttl``, so a fixed per-project id would block the next retrain.
-Coalescing uses our own keys instead, checked against the live job's status.
+Named ``jobqueue`` so that it never shadows the standard library's ``queue``. Jobs are
+enqueued by dotted name (``"workers.training.retrain"``) so the web process never imports
+``workers``; the worker hands each job function its ``WorkerContext`` as first argument.
+Job ids are random: a failed job keeps its id in RQ's failed registry for ``failure_ttl``,
+so a fixed per-project id would block the next retrain. Coalescing uses our own keys
+instead, checked against the live job's status.
 
 Retrain coalescing (per project):
   al:p:<id>:retrain:pending  id of a queued retrain that has not started yet
@@ -11,6 +13,9 @@ Retrain coalescing (per project):
   al:p:<id>:retrain:again    set when a retrain was asked for while one was running
 A request with a pending retrain is absorbed by it; a request while one runs (and none is
 pending) marks ``again``; when the running job ends, ``again`` becomes exactly one follow-up.
+
+  al:p:<id>:rescore:latest   id of the project's newest rescore (what reconcile checks before
+                             publishing a version whose publish ran out of retries)
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from datetime import datetime
 
 from redis import Redis
 from rq import Callback, Queue, Retry
+from rq.dependency import Dependency
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
@@ -70,13 +76,18 @@ def get_queue(r: Redis, name: str) -> Queue:
 
 
 def enqueue(r: Redis, queue: str, func: str, *args, policy: JobPolicy, description: str,
-            timeout: int | None = None, at_front: bool = False, project: int | None = None) -> Job:
+            timeout: int | None = None, at_front: bool = False, project: int | None = None,
+            depends_on: Dependency | Job | str | list[Job | str] | None = None) -> Job:
     """Enqueue a job function by dotted name with our options, count it, and list it under
-    ``project`` (for GET /jobs?project=<id>) when it works on one."""
+    ``project`` (for GET /jobs?project=<id>) when it works on one.
+
+    ``depends_on`` (jobs, ids, or an ``rq.Dependency``) defers the job until those finished
+    successfully, e.g. one pool-wide job after the shards it gathers.
+    """
     job = get_queue(r, queue).enqueue_call(
         func, args=args, timeout=timeout or policy.timeout, result_ttl=policy.result_ttl,
         failure_ttl=policy.failure_ttl, ttl=policy.ttl, retry=policy.retry(),
-        description=description, at_front=at_front,
+        description=description, at_front=at_front, depends_on=depends_on,
         on_success=Callback(metrics.on_job_success), on_failure=Callback(metrics.on_job_failure),
     )
     metrics.inc(r, "al_jobs_enqueued_total", {"job": func.rsplit(".", 1)[-1]})
@@ -112,7 +123,7 @@ def enqueue_retrain(r: Redis, project_id: int, policy: JobPolicy, reason: str) -
         if running and _status(r, running) == JobStatus.STARTED:
             r.set(key(project_id, "retrain:again"), reason, ex=policy.timeout * 2)
             return running, "follow-up"
-        job = enqueue(r, TRAIN, "workers.jobs.retrain", int(project_id), policy=policy,
+        job = enqueue(r, TRAIN, "workers.training.retrain", int(project_id), policy=policy,
                       description=f"retrain project {project_id} ({reason})", project=project_id)
         r.set(key(project_id, "retrain:pending"), job.id, ex=policy.timeout * 4)
         return job.id, "enqueued"
@@ -143,40 +154,85 @@ def enqueue_rescore(r: Redis, project_id: int, version: str | None, policy: JobP
 
     Enqueued at the front: a new order must not wait behind slow deletions of old predictions.
     """
-    return enqueue(r, SCORE, "workers.jobs.rescore", int(project_id), version, policy=policy,
-                   description=f"rescore project {project_id} with {version or 'cold start'}",
-                   at_front=True, project=project_id)
+    job = enqueue(r, SCORE, "workers.scoring.rescore", int(project_id), version, policy=policy,
+                  description=f"rescore project {project_id} with {version or 'cold start'}",
+                  at_front=True, project=project_id)
+    r.set(key(project_id, "rescore:latest"), job.id, ex=policy.failure_ttl)
+    return job
+
+
+def enqueue_rescore_once(r: Redis, project_id: int, version: str | None, policy: JobPolicy) -> Job | None:
+    """Enqueue a rescore unless one of the project already waits or runs (then None).
+
+    For the jobs that ask on their own (reconcile, first contact): a retrain's new version is
+    always enqueued (:func:`enqueue_rescore`), and a stale rescore skips itself.
+    """
+    with r.lock(key(project_id, "rescore:lock"), timeout=_LOCK_SECONDS, blocking_timeout=_LOCK_SECONDS):
+        if rescore_under_way(r, project_id):
+            return None
+        return enqueue_rescore(r, project_id, version, policy)
+
+
+def latest_rescore(r: Redis, project_id: int) -> Job | None:
+    """The project's newest rescore job, or None when RQ no longer has it."""
+    job_id = _decode(r.get(key(project_id, "rescore:latest")))
+    if not job_id:
+        return None
+    try:
+        return Job.fetch(job_id, connection=r)
+    except NoSuchJobError:
+        return None
+
+
+def rescore_under_way(r: Redis, project_id: int) -> bool:
+    """Whether a rescore of the project waits (in a queue, for a retry) or runs now.
+
+    Besides the newest rescore, any running one counts: an older one may still be publishing.
+    """
+    latest = latest_rescore(r, project_id)
+    if latest is not None and latest.get_status(refresh=False) in _WAITING | {JobStatus.STARTED}:
+        return True
+    running = Job.fetch_many(StartedJobRegistry(SCORE, connection=r).get_job_ids(cleanup=False), connection=r)
+    return any(job is not None and job.func_name == "workers.scoring.rescore" and job.args[0] == int(project_id)
+               for job in running)
+
+
+def retrain_under_way(r: Redis, project_id: int) -> bool:
+    """Whether a retrain of the project waits in the queue or runs now."""
+    pending = _decode(r.get(key(project_id, "retrain:pending")))
+    running = _decode(r.get(key(project_id, "retrain:running")))
+    return _status(r, pending) in _WAITING or _status(r, running) == JobStatus.STARTED
 
 
 def enqueue_score_new(r: Redis, project_id: int, task_ids: list[int], policy: JobPolicy) -> Job:
     """Score just-created tasks with the live model."""
-    return enqueue(r, SCORE, "workers.jobs.score_new_tasks", int(project_id), list(task_ids),
+    return enqueue(r, SCORE, "workers.scoring.score_new_tasks", int(project_id), list(task_ids),
                    policy=policy, description=f"score {len(task_ids)} new tasks of project {project_id}",
                    project=project_id)
 
 
 def enqueue_cleanup(r: Redis, project_id: int, version: str, policy: JobPolicy) -> Job:
     """Delete an old version's predictions from LS, off the critical path."""
-    return enqueue(r, SCORE, "workers.jobs.delete_version", int(project_id), version, policy=policy,
+    return enqueue(r, SCORE, "workers.lifecycle.delete_version", int(project_id), version, policy=policy,
                    description=f"delete predictions of {version} in project {project_id}",
                    project=project_id)
 
 
 def enqueue_reset(r: Redis, project_id: int, policy: JobPolicy) -> Job:
     """Forget the project's model (label config changed) and retrain from scratch."""
-    return enqueue(r, TRAIN, "workers.jobs.reset_project", int(project_id), policy=policy,
+    return enqueue(r, TRAIN, "workers.lifecycle.reset_project", int(project_id), policy=policy,
                    description=f"reset project {project_id}", project=project_id)
 
 
 def enqueue_prepare(r: Redis, project_id: int, policy: JobPolicy) -> Job:
     """First contact: set up sampling and the Data Manager view in LS."""
-    return enqueue(r, SCORE, "workers.jobs.prepare_project", int(project_id), policy=policy,
+    return enqueue(r, SCORE, "workers.lifecycle.prepare_project", int(project_id), policy=policy,
                    description=f"prepare project {project_id}", timeout=600, project=project_id)
 
 
 def enqueue_reconcile(r: Redis, policy: JobPolicy) -> Job:
     """Compare LS's annotation counts with what the models were trained on."""
-    return enqueue(r, TRAIN, "workers.jobs.reconcile", policy=policy, description="reconcile",
+    return enqueue(r, TRAIN, "workers.lifecycle.reconcile", policy=policy, description="reconcile",
                    timeout=600)
 
 

@@ -1,4 +1,4 @@
-"""Pure parts of publishing: predictions from a ranking, new tasks placed in the live order."""
+"""Pure parts of scoring: predictions to publish from a ranking, new tasks placed in the live order."""
 
 import torch
 from hypothesis import given
@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 
 from backend.al.learner import Ranking
 from backend.labeling import TaskSpec
-from workers.publishing import build_predictions, percentile_scores
+from workers.scoring import percentile_scores, predictions_to_publish
 
 SPEC = TaskSpec("label", "text", "text", ["pos", "neg"], False)
 
@@ -19,15 +19,15 @@ def _ranking(probs):
 
 def test_top_k_predictions_in_priority_order():
     ranking = _ranking(torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]]))
-    preds = build_predictions([10, 11, 12], ranking, SPEC, "p1-v0001-abcdef", top_k=2)
+    preds = predictions_to_publish([10, 11, 12], ranking, SPEC, "p1-v0001-abcdef", top_k=2)
     assert [(p["task"], p["score"], p["result"][0]["value"]["choices"]) for p in preds] == [
         (12, 0.0, ["pos"]), (10, 0.5, ["pos"])]
     assert all(p["model_version"] == "p1-v0001-abcdef" for p in preds)
-    assert len(build_predictions([10, 11, 12], ranking, SPEC, "v", top_k=0)) == 3
+    assert len(predictions_to_publish([10, 11, 12], ranking, SPEC, "v", top_k=0)) == 3
 
 
 def test_cold_start_predictions_carry_no_label():
-    preds = build_predictions([10, 11, 12], _ranking(None), SPEC, "p1-v0000-cold", top_k=0)
+    preds = predictions_to_publish([10, 11, 12], _ranking(None), SPEC, "p1-v0000-cold", top_k=0)
     assert [p["task"] for p in preds] == [12, 10, 11] and all(p["result"] == [] for p in preds)
 
 

@@ -1,0 +1,81 @@
+"""Training jobs: a project's annotations -> a new model version in the store -> its re-score.
+
+Each job reads the truth from Label Studio, is idempotent, and raises on failure so RQ records
+it (and retries it with backoff). Enqueued by dotted name from :mod:`backend.jobqueue`.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from redis import Redis
+
+from backend import jobqueue, metrics, projects
+from backend.labeling import TaskDataError, TaskSpec, annotation_target, task_text
+from workers.context import WorkerContext, current_job, report_progress, takes_context
+
+log = logging.getLogger(__name__)
+
+
+@takes_context
+def retrain(context: WorkerContext, project_id: int) -> str | None:
+    """Train on the project's annotations, save a new version, enqueue its re-score."""
+    job, policy = current_job(), context.policy
+    r = job.connection
+    jobqueue.retrain_started(r, project_id, job.id, policy)
+    try:
+        with metrics.timed(r, "al_retrain_seconds"):
+            version = _train(context, r, project_id)
+        if version is not None:
+            # Before the retrain counts as ended, so a reconcile never sees the new version with
+            # neither a retrain nor a rescore of it under way (and enqueues a second rescore).
+            jobqueue.enqueue_rescore(r, project_id, version, policy)
+    finally:
+        jobqueue.retrain_ended(r, project_id, job.id, policy)
+    return version
+
+
+def training_set(annotated: list[dict], spec: TaskSpec) -> tuple[list[int], list[str], list]:
+    """(task ids, texts, labels) of annotated tasks whose annotation gives the control a label."""
+    ids, texts, labels = [], [], []
+    for task in annotated:
+        target = annotation_target(task.get("result") or [], spec)
+        if target is None:
+            continue
+        try:
+            text = task_text(task, spec)
+        except TaskDataError:
+            continue
+        ids.append(int(task["id"]))
+        texts.append(text)
+        labels.append(target)
+    return ids, texts, labels
+
+
+def _train(context: WorkerContext, r: Redis, project_id: int) -> str | None:
+    project = context.sync_project(r, project_id)
+    # Count first: an annotation made while we train leaves the count stale, so reconcile retrains.
+    count = project.client.count_annotations(project_id)
+    report_progress("reading annotations")(0, 1)
+    ids, texts, labels = training_set(project.client.annotated_tasks(project_id), project.spec)
+    project.index.mark_labelled(ids)
+    if not texts:
+        projects.set_trained_count(r, project_id, count)
+        log.info("project %s: no usable annotations yet, nothing to train", project_id)
+        return None
+    from backend.al.learner import NotEnoughLabels
+
+    store, spec = context.store, project.spec
+    current = store.current(project_id) if context.settings.engine.warm_start else None
+    previous = context.usable_model(project_id, current, spec) if current else None
+    try:
+        model = context.learner.fit(texts, labels, spec.classes, multilabel=spec.multilabel,
+                                    previous=previous, progress=report_progress("training"))
+    except NotEnoughLabels as exc:  # not a failure: wait for more annotations (retrying won't help)
+        projects.set_trained_count(r, project_id, count)
+        log.info("project %s: %s", project_id, exc)
+        return None
+    version = store.save(project_id, model)
+    projects.set_trained_count(r, project_id, count)
+    log.info("project %s: trained %s on %d annotations", project_id, version, len(texts))
+    return version
