@@ -53,7 +53,7 @@ def parse_project_id(value: object) -> int:
         project_id = value
     elif isinstance(value, str) and value.strip():
         head = value.strip().split(".", 1)[0]
-        if not head.isdigit():
+        if not (head.isascii() and head.isdigit()):
             raise EventError(f"project id {value[:40]!r} is not a number")
         project_id = int(head)
     else:

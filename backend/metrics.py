@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from typing import Iterator
 
 from redis import Redis
+from rq.exceptions import AbandonedJobError
 
 COUNTERS = "al:metrics:counters"  # field "<name>|<label>=<value>,..." -> int
 SUMMARIES = "al:metrics:summaries"  # field "<name>|<labels>|sum" / "|count" -> float
@@ -21,7 +22,12 @@ HELP = {
     "al_duplicate_changes_total": ("counter", "Annotation changes delivered again and not counted again."),
     "al_jobs_enqueued_total": ("counter", "Jobs enqueued, by job function."),
     "al_jobs_finished_total": ("counter", "Jobs finished successfully, by job function."),
-    "al_jobs_failed_total": ("counter", "Job attempts that raised, by job function."),
+    "al_jobs_failed_total": ("counter", "Job attempts that failed (raised, timed out, or their process died), "
+                                        "by job function."),
+    "al_job_retries_total": ("counter", "Failed job attempts that RQ retries, by job function."),
+    "al_jobs_abandoned_total": ("counter", "Job attempts whose process died, by job function and reason: "
+                                           "horse_killed (SIGKILL, OOM killer) or worker_lost (the whole "
+                                           "worker died; found by another worker's registry maintenance)."),
     "al_tasks_scored_total": ("counter", "Tasks given a priority score."),
     "al_predictions_total": ("counter", "Tasks answered by /predict."),
     "al_retrain_seconds": ("summary", "Duration of retrain jobs."),
@@ -109,8 +115,22 @@ def on_job_success(job, connection, result, *args, **kwargs) -> None:
 
 
 def on_job_failure(job, connection, exc_type, exc_value, tb, *args, **kwargs) -> None:
-    """RQ failure callback: count a failed attempt (retried attempts count too)."""
+    """RQ failure callback: count a failed attempt. RQ also calls it, with AbandonedJobError, for
+    a started job whose worker died, when another worker's maintenance finds it."""
+    lost = isinstance(exc_type, type) and issubclass(exc_type, AbandonedJobError)
+    count_failure(connection, job, abandoned="worker_lost" if lost else None)
+
+
+def count_failure(r: Redis, job, abandoned: str | None = None) -> None:
+    """Count a failed attempt of ``job``, whether RQ will retry it (it has retries left), and why
+    its process died when it did (``abandoned``). Never raises: a metrics hiccup must not mask
+    the job's own failure."""
+    labels = {"job": _job_name(job)}
     try:
-        inc(connection, "al_jobs_failed_total", {"job": _job_name(job)})
-    except Exception:  # a metrics hiccup must not mask the job's own failure
+        inc(r, "al_jobs_failed_total", labels)
+        if job.retries_left:
+            inc(r, "al_job_retries_total", labels)
+        if abandoned:
+            inc(r, "al_jobs_abandoned_total", {**labels, "reason": abandoned})
+    except Exception:
         log.exception("could not count a failed job")

@@ -91,17 +91,18 @@ def _reconcile_project(context: WorkerContext, r: Redis, project_id: int) -> dic
 
 
 def _not_live(r: Redis, project_id: int, current: str | None) -> bool:
-    """Whether the newest version (the cold start before any model) is not live although no
-    rescore of it finished: its publish ran out of retries. A rescore that finished without
-    publishing (an empty pool) is not repeated."""
+    """Whether the newest version (the cold start before any model) is not live: its publish
+    ran out of retries. A rescore of it that finished without publishing (an empty pool, an
+    unusable checkpoint) is not repeated."""
     published = projects.published_version(r, project_id)
     if current is None and published is not None:
         return False  # a reset label config: the old order stays until a model of the new one
     if published == (current or projects.cold_start_version(project_id)):
         return False
     latest = jobqueue.latest_rescore(r, project_id)
-    return not (latest is not None and latest.args[1] == current
-                and latest.get_status(refresh=False) == JobStatus.FINISHED)
+    if latest is None or latest.args[1] != current or latest.get_status(refresh=False) != JobStatus.FINISHED:
+        return True
+    return not (latest.return_value() or {}).get("skipped")
 
 
 def _orphans(r: Redis, client, project_id: int, in_ls: dict[str, int], current: str | None) -> list[str]:

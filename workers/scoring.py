@@ -43,8 +43,11 @@ def rescore(context: WorkerContext, project_id: int, version: str | None) -> dic
             return _retrain_instead(context, r, project_id, version)
         ranking = context.learner.rank(model, texts, ids=ids, progress=report_progress("scoring"))
         batch = predictions_to_publish(ids, ranking, project.spec, name, context.settings.publish_top_k)
-        publish(r, project.client, project_id, name, batch, context.policy,
-                ls_version=project.info.get("model_version"), progress=report_progress("publishing"))
+        if not publish(r, project.client, project_id, name, batch, context.policy,
+                       ls_version=project.info.get("model_version"), progress=report_progress("publishing"),
+                       still_current=lambda: store.current(project_id) == version):
+            log.info("project %s: %s was superseded while it was imported; not switched", project_id, name)
+            return {"skipped": True, "reason": "superseded while publishing", "version": version}
         project.index.set_values(dict(zip(ids, ranking.values.tolist(), strict=True)), replace_all=True)
     metrics.inc(r, "al_tasks_scored_total", amount=len(batch))
     return {"skipped": False, "version": version, "published": len(batch), "pool": len(ids)}
@@ -95,17 +98,20 @@ def predictions_to_publish(ids: list[int], ranking, spec: TaskSpec, version: str
 
 
 def publish(r: Redis, client, project_id: int, version: str, batch: list[dict],
-            policy: JobPolicy, ls_version: str | None = None, progress: Progress | None = None) -> None:
+            policy: JobPolicy, ls_version: str | None = None, progress: Progress | None = None,
+            still_current: Callable[[], bool] = lambda: True) -> bool:
     """Import a version's predictions, then switch LS to it, then clean the old one up.
 
     A failure before the switch leaves the previous priorities live. A retry first deletes
     whatever a failed attempt imported for this version, so it never duplicates; if the
     failed attempt got as far as the switch (``ls_version``: LS's model_version), it only
-    records it.
+    records it. When ``still_current()`` turns false during the import (a newer version was
+    trained meanwhile), LS is not switched and False is returned: the import is left to the
+    cleanup (the newer publish's, or the reconcile's).
     """
     progress = progress or (lambda done, total: None)
     if projects.published_version(r, project_id) == version:
-        return  # an earlier attempt switched already
+        return True  # an earlier attempt switched already
     unfinished = projects.importing_version(r, project_id)
     if not (unfinished == version and ls_version == version):
         if unfinished == version:
@@ -115,6 +121,8 @@ def publish(r: Redis, client, project_id: int, version: str, batch: list[dict],
         projects.set_importing_version(r, project_id, version)
         progress(0, len(batch))
         client.import_predictions(project_id, batch)
+        if not still_current():
+            return False
         client.set_model_version(project_id, version)
     previous = projects.published_version(r, project_id)
     projects.set_published_version(r, project_id, version)
@@ -122,6 +130,7 @@ def publish(r: Redis, client, project_id: int, version: str, batch: list[dict],
     progress(len(batch), len(batch))
     if previous and previous != version:
         enqueue_cleanup(r, project_id, previous, policy)
+    return True
 
 
 def percentile_scores(pool_values: list[float], new_values: list[float]) -> list[float]:

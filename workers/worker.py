@@ -11,7 +11,7 @@ from __future__ import annotations
 from rq import Worker
 from rq.job import Job
 
-from backend import jobqueue
+from backend import jobqueue, metrics
 from backend.settings import Settings
 from workers.context import WorkerContext
 
@@ -48,6 +48,12 @@ class ContextWorker(Worker):
         """Runs in the work-horse (in-process for a SimpleWorker): hand the job our context."""
         job.context = self.context
         return super().perform_job(job, queue, execution)
+
+    def handle_work_horse_killed(self, job, retpid, ret_val, rusage) -> None:
+        """In the parent, when the work-horse died mid-job (SIGKILL, OOM killer, a crash): RQ then
+        retries or fails the job but runs no failure callback, so count the attempt here."""
+        metrics.count_failure(self.connection, job, abandoned="horse_killed")
+        super().handle_work_horse_killed(job, retpid, ret_val, rusage)
 
 
 class ReconcilingWorker(ContextWorker):

@@ -14,6 +14,9 @@ from backend.labelstudio import LabelStudioError
 CONFIG = """<View><Text name="text" value="$text"/>
 <Choices name="label" toName="text"><Choice value="pos"/><Choice value="neg"/></Choices></View>"""
 
+POS = ["good great film", "great fun", "lovely good", "fine great acting", "good good"]
+NEG = ["bad awful film", "awful boring", "poor bad", "terrible bad acting", "bad bad"]
+
 
 class FakeLabelStudio:
     """One fake LS server's state; ``client(url, key)`` returns a client bound to it."""
@@ -46,6 +49,14 @@ class FakeLabelStudio:
 
     def client(self, url: str, api_key: str) -> "FakeClient":
         return FakeClient(self)
+
+    @classmethod
+    def reviews(cls) -> "FakeLabelStudio":
+        """Project 1 with 30 short reviews (POS and NEG, three times), four of each labelled."""
+        fake = cls(project_id=1)
+        ids = fake.add_tasks(POS * 3 + NEG * 3)
+        fake.annotations.update({i: "pos" for i in ids[:4]} | {i: "neg" for i in ids[15:19]})
+        return fake
 
     def live_predictions(self, version: str | None = None) -> list[dict]:
         version = self.model_version if version is None else version

@@ -145,6 +145,14 @@ def test_uncertainty_sampling_serves_the_lowest_score_of_the_current_version(ls,
     assert client.delete_predictions(pid, "v-old") == 0
 
 
+def test_model_versions_counts_each_versions_predictions(client, project):
+    pid, ids = project
+    assert client.model_versions(pid) == {}
+    client.import_predictions(pid, predictions(ids[:5], [0.1] * 5, "p1-v0001-abcdef"))
+    client.import_predictions(pid, predictions(ids[:2], [0.2] * 2, "p1-v0002-abcdef"))
+    assert client.model_versions(pid) == {"p1-v0001-abcdef": 5, "p1-v0002-abcdef": 2}
+
+
 def test_ensure_view_is_idempotent_and_orders_by_priority(ls, client, project):
     pid, ids = project
     rng = random.Random(3)

@@ -20,19 +20,10 @@ from tests.integration.workers_helper import BackgroundWorker, drain
 from workers.context import WorkerContext
 from workers.task_index import TaskIndex
 
-POS = ["good great film", "great fun", "lovely good", "fine great acting", "good good"]
-NEG = ["bad awful film", "awful boring", "poor bad", "terrible bad acting", "bad bad"]
-
 
 @pytest.fixture
 def ls():
-    fake = FakeLabelStudio(project_id=1)
-    ids = fake.add_tasks(POS * 3 + NEG * 3)
-    for i in ids[:4]:
-        fake.annotations[i] = "pos"
-    for i in ids[15:19]:
-        fake.annotations[i] = "neg"
-    return fake
+    return FakeLabelStudio.reviews()
 
 
 @pytest.fixture

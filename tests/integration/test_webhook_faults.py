@@ -22,20 +22,12 @@ from tests.integration.fake_ls import FakeLabelStudio
 from tests.integration.workers_helper import BackgroundWorker, drain
 from workers.context import WorkerContext
 
-POS = ["good great film", "great fun", "lovely good", "fine great acting", "good good"]
-NEG = ["bad awful film", "awful boring", "poor bad", "terrible bad acting", "bad bad"]
 STAMP = "2026-11-22T10:00:00.123456Z"
 
 
 @pytest.fixture
 def ls():
-    fake = FakeLabelStudio(project_id=1)
-    ids = fake.add_tasks(POS * 3 + NEG * 3)
-    for i in ids[:4]:
-        fake.annotations[i] = "pos"
-    for i in ids[15:19]:
-        fake.annotations[i] = "neg"
-    return fake
+    return FakeLabelStudio.reviews()
 
 
 @pytest.fixture

@@ -22,6 +22,7 @@ from rq import Queue
 from backend import projects
 from backend.embedded import web_command
 from backend.settings import Settings
+from tests.concurrency import at_once
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "s3cr3t-Path_Prefix-0123456789abcdef"
@@ -153,17 +154,7 @@ def test_concurrent_duplicates_across_web_processes_count_once(server, r):
     _set_up(server)
     payload = {"action": "ANNOTATION_CREATED", "project": {"id": 5}, "task": {"id": 7, "project": 5},
                "annotation": {"id": 77, "task": 7, "project": 5, "created_at": STAMP, "updated_at": STAMP}}
-    barrier, statuses = threading.Barrier(10), []
-
-    def deliver():
-        barrier.wait()
-        statuses.append(server.request("POST", f"/{SECRET}/webhook", payload)[0])
-
-    threads = [threading.Thread(target=deliver) for _ in range(10)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
+    statuses = at_once(lambda: server.request("POST", f"/{SECRET}/webhook", payload)[0], 10)
     assert statuses == [200] * 10
     assert int(r.get(projects.key(5, "changes"))) == 1  # RETRAIN_EVERY=2: one change, no retrain
     assert Queue("train", connection=r).count == 0

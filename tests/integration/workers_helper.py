@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import threading
-import time
-
 from rq import SimpleWorker
 from rq.timeouts import TimerDeathPenalty
 
 from backend import jobqueue
+from tests.periodic import Periodic
 from workers.worker import ContextWorker
 
 
@@ -28,23 +26,8 @@ def drain(r, context) -> None:
         burst=True, logging_level="WARNING")
 
 
-class BackgroundWorker:
+class BackgroundWorker(Periodic):
     """A worker thread that keeps draining the queues until stopped."""
 
     def __init__(self, r, context) -> None:
-        self.r, self.context = r, context
-        self.stop_event = threading.Event()
-        self.thread = threading.Thread(target=self._loop, daemon=True)
-
-    def _loop(self) -> None:
-        while not self.stop_event.is_set():
-            drain(self.r, self.context)
-            time.sleep(0.02)
-
-    def __enter__(self) -> "BackgroundWorker":
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop_event.set()
-        self.thread.join(60)
+        super().__init__(lambda: drain(r, context), interval=0.02)

@@ -7,13 +7,13 @@ SET NX in Redis (backend.projects); a payload without an annotation id counts at
 from __future__ import annotations
 
 import dataclasses
-import threading
 
 import pytest
 from rq import Queue
 
 from backend import events, projects
 from backend.app import create_app
+from tests.concurrency import at_once
 
 CONFIG = """<View><Text name="text" value="$text"/>
 <Choices name="label" toName="text"><Choice value="pos"/><Choice value="neg"/></Choices></View>"""
@@ -108,19 +108,8 @@ def test_five_deliveries_of_one_annotation_count_once(app, r):
 
 @pytest.mark.faults
 def test_concurrent_deliveries_of_one_annotation_count_once(app, r):
-    barrier = threading.Barrier(5)
-    answers = []
-
-    def deliver():
-        client = app.test_client()
-        barrier.wait()
-        answers.append(client.post("/webhook", json=_created()).status_code)
-
-    threads = [threading.Thread(target=deliver) for _ in range(5)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(30)
+    clients = iter([app.test_client() for _ in range(5)])  # one client per thread
+    answers = at_once(lambda: next(clients).post("/webhook", json=_created()).status_code, 5)
     assert answers == [200] * 5
     assert int(r.get(projects.key(5, "changes"))) == 1
     assert _retrains(r) == 0

@@ -94,3 +94,9 @@ def test_decide_never_crashes_on_junk(payload):
         return
     assert d.project_id > 0 and d.action in {events.IGNORE, events.COUNT, events.RETRAIN,
                                              events.SCORE_NEW, events.RESET, events.REMEMBER_CONFIG}
+
+
+def test_project_ids_are_ascii_digits_only():
+    for value in ("²", "٣", "12²", "７"):
+        with pytest.raises(EventError, match="not a number"):
+            parse_project_id(value)

@@ -73,6 +73,15 @@ def test_task_text_reads_the_configured_field():
         task_text({"id": 2, "data": {"text": "x"}}, spec)
 
 
+def test_task_text_refuses_null_and_replaces_what_utf8_cannot_encode():
+    spec = parse_label_config(SINGLE)
+    with pytest.raises(TaskDataError, match="task 3 has no data field 'review'"):
+        task_text({"id": 3, "data": {"review": None}}, spec)
+    text = task_text({"id": 4, "data": {"review": "bad \ud800 film \udfff"}}, spec)  # JSON allows these
+    assert text == "bad \ufffd film \ufffd" and text.encode("utf-8")
+    assert task_text({"id": 5, "data": {"review": "ok \x00 \U0001f600"}}, spec) == "ok \x00 \U0001f600"
+
+
 def _result(choices, from_name="sentiment"):
     return [{"from_name": from_name, "to_name": "text", "type": "choices", "value": {"choices": choices}}]
 

@@ -9,7 +9,7 @@ from backend.al.embeddings import EmbeddingCache, text_key
 from backend.al.encoder import TextEncoder, bf16_supported, pick_device
 from backend.al.kinds.head import MCDropoutHead
 from backend.al.learner import ActiveLearner, EngineConfig, Model, NotEnoughLabels, encode_targets
-from backend.al.store import ModelStore
+from backend.al.store import CheckpointError, ModelStore
 
 TEXTS = ["stocks fell sharply today", "the team won the cup final", "new chip doubles battery life",
          "rebels seized the capital", "shares rallied on earnings", "striker scores twice in derby"]
@@ -203,3 +203,18 @@ def test_store_leaves_no_temp_files(tmp_path):
     store.save(1, _model())
     names = sorted(p.name for p in (tmp_path / "project-1").iterdir())
     assert len(names) == 2 and "CURRENT" in names and not any(n.endswith(".tmp") for n in names)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "not torch", "not a model"])
+def test_store_reports_an_unreadable_checkpoint_in_one_line(tmp_path, damage):
+    store = ModelStore(tmp_path)
+    version = store.save(1, _model())
+    path = tmp_path / "project-1" / f"{version}.pt"
+    data = path.read_bytes()
+    if damage == "not a model":
+        torch.save({"format": 2, "weights": torch.zeros(2)}, path)
+    else:
+        path.write_bytes({"truncated": data[: len(data) // 2], "empty": b"", "not torch": b"hello"}[damage])
+    with pytest.raises(CheckpointError, match=f"checkpoint {version} of project 1 is unreadable") as caught:
+        store.load(1)
+    assert "\n" not in str(caught.value)
