@@ -13,10 +13,10 @@ import logging
 import re
 
 import redis
-from flask import Flask, Response, current_app, jsonify, request
+from flask import Flask, Response, current_app, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from backend import events, jobqueue, metrics, projects
+from backend import events, jobqueue, metrics, projects, status
 from backend.labeling import LabelConfigError, TaskDataError, parse_label_config
 from backend.secret_path import VIA_SECRET, SecretPathPrefix
 from backend.serving import Predictor
@@ -170,7 +170,7 @@ def _project_id(value: object) -> int:
 
 
 def _register_routes(app: Flask) -> None:
-    app.add_url_rule("/", "index", health, methods=["GET"])
+    app.add_url_rule("/", "index", index, methods=["GET"])
     app.add_url_rule("/health", "health", health, methods=["GET"])
     app.add_url_rule("/setup", "setup", setup, methods=["POST"])
     app.add_url_rule("/predict", "predict", predict, methods=["POST"])
@@ -178,11 +178,27 @@ def _register_routes(app: Flask) -> None:
     app.add_url_rule("/metrics", "metrics", metrics_view, methods=["GET"])
     app.add_url_rule("/jobs", "jobs", jobs_view, methods=["GET"])
     app.add_url_rule("/jobs/<job_id>", "job", job_view, methods=["GET"])
+    app.add_url_rule("/projects/<project_id>/status", "project_status", project_status_view, methods=["GET"])
 
 
 def health():
     """Liveness: instant, touches neither Redis nor the model."""
     return jsonify({"status": "UP", "model_class": MODEL_CLASS})
+
+
+def index():
+    """A browser (preferring text/html) gets the status page; anything else the health JSON."""
+    if request.accept_mimetypes.best_match(["application/json", "text/html"]) != "text/html":
+        return health()
+    return render_template("status.html", **status.page(_redis(), _settings()))
+
+
+def project_status_view(project_id: str):
+    """One project's status as JSON: ``GET /projects/<id>/status``; 404 for a project never set up."""
+    pid = _project_id(project_id)
+    if not projects.is_known(_redis(), pid):
+        return _error(404, f"project {pid} is not set up with this backend")
+    return jsonify(status.project_status(_redis(), _settings(), pid))
 
 
 def setup():

@@ -9,7 +9,7 @@ from __future__ import annotations
 from redis import Redis
 from rq.job import JobStatus
 
-from backend import jobqueue, projects
+from backend import audits, jobqueue, projects
 from workers.context import WorkerContext, current_job, takes_context
 
 
@@ -38,6 +38,7 @@ def reset_project(context: WorkerContext, project_id: int) -> str:
     """The label config changed: forget the model and counts, then retrain from scratch."""
     r = current_job().connection
     context.store.reset(project_id)
+    audits.forget(r, project_id)
     projects.set_trained_count(r, project_id, None)
     projects.clear_changes(r, project_id)
     job_id, _ = jobqueue.enqueue_retrain(r, project_id, context.policy, "label config changed")

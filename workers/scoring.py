@@ -14,9 +14,10 @@ from typing import Callable
 
 from redis import Redis
 
-from backend import jobqueue, metrics, projects
+from backend import audits, jobqueue, metrics, projects
+from backend.al.stopping import stability, stop_set
 from backend.jobqueue import JobPolicy, enqueue_cleanup
-from backend.labeling import TaskSpec, predictions
+from backend.labeling import TaskSpec, labels_from_probs, predictions
 from workers.context import WorkerContext, current_job, report_progress, takes_context
 
 log = logging.getLogger(__name__)
@@ -49,8 +50,40 @@ def rescore(context: WorkerContext, project_id: int, version: str | None) -> dic
             log.info("project %s: %s was superseded while it was imported; not switched", project_id, name)
             return {"skipped": True, "reason": "superseded while publishing", "version": version}
         project.index.set_values(dict(zip(ids, ranking.values.tolist(), strict=True)), replace_all=True)
+        if version:
+            record_audit(r, project_id, version, ids, ranking, project.spec, context.settings.publish_top_k)
     metrics.inc(r, "al_tasks_scored_total", amount=len(batch))
     return {"skipped": False, "version": version, "published": len(batch), "pool": len(ids)}
+
+
+def record_audit(r: Redis, project_id: int, version: str, ids: list[int], ranking, spec: TaskSpec,
+                 top_k: int) -> None:
+    """Keep what a published version predicted on its explored tasks and its stop set, and its
+    stability (kappa) against the version live before it (:mod:`backend.audits`)."""
+    record = version_record(version, ids, ranking, spec, top_k)
+    audits.record_version(r, project_id, record)
+    previous = next((v for v in reversed(audits.recorded_versions(r, project_id)) if v != version), None)
+    before = audits.stop_predictions(r, project_id, previous)
+    common = record.stop.keys() & before.keys()
+    if common:
+        kappa = stability(before, record.stop)
+        audits.record_kappa(r, project_id, version, previous, kappa, len(common))
+
+
+def version_record(version: str, ids: list[int], ranking, spec: TaskSpec, top_k: int) -> audits.VersionRecord:
+    """Predicted labels of a ranking's published explored tasks and of its stop set (pure)."""
+    order = ranking.order.tolist()
+    published = order[:top_k] if top_k > 0 else order
+    explored, probs = ranking.explored.tolist(), ranking.probs.tolist()
+    position = {task: i for i, task in enumerate(ids)}
+    stop_ids = stop_set(ids, audits.STOP_SET_SIZE)
+
+    def label(i: int) -> str:
+        chosen = labels_from_probs(probs[i], spec)
+        return audits.canonical(chosen if spec.multilabel else chosen[0])
+
+    return audits.VersionRecord(version, {ids[i]: label(i) for i in published if explored[i]},
+                                {task: label(position[task]) for task in stop_ids})
 
 
 def _retrain_instead(context: WorkerContext, r: Redis, project_id: int, version: str) -> dict:

@@ -10,7 +10,7 @@ import logging
 
 from redis import Redis
 
-from backend import jobqueue, metrics, projects
+from backend import audits, jobqueue, metrics, projects
 from backend.labeling import TaskDataError, TaskSpec, annotation_target, task_text
 from workers.context import WorkerContext, current_job, report_progress, takes_context
 
@@ -59,6 +59,8 @@ def _train(context: WorkerContext, r: Redis, project_id: int) -> str | None:
     report_progress("reading annotations")(0, 1)
     ids, texts, labels = training_set(project.client.annotated_tasks(project_id), project.spec)
     project.index.mark_labelled(ids)
+    audits.pair_labels(r, project_id, projects.published_version(r, project_id),
+                       {i: audits.canonical(label) for i, label in zip(ids, labels, strict=True)})
     if not texts:
         projects.set_trained_count(r, project_id, count)
         log.info("project %s: no usable annotations yet, nothing to train", project_id)
@@ -76,6 +78,7 @@ def _train(context: WorkerContext, r: Redis, project_id: int) -> str | None:
         log.info("project %s: %s", project_id, exc)
         return None
     version = store.save(project_id, model)
+    audits.set_version_labels(r, project_id, version, len(texts))
     projects.set_trained_count(r, project_id, count)
     log.info("project %s: trained %s on %d annotations", project_id, version, len(texts))
     return version

@@ -14,6 +14,7 @@ function guesses which one it was given.
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
@@ -85,6 +86,29 @@ def bald(probs: torch.Tensor, multilabel: bool = False) -> torch.Tensor:
     against rounding; 0 exactly when all samples agree.
     """
     return (predictive_entropy(probs, multilabel) - expected_entropy(probs, multilabel)).clamp_min(0)
+
+
+def ambiguous(probs: torch.Tensor, multilabel: bool = False, min_entropy: float = 0.5,
+              max_bald: float = 0.005) -> torch.Tensor:
+    """Tasks whose uncertainty is aleatoric: high predictive entropy, low BALD. (N, T, C) -> (N,) bool.
+
+    Predictive entropy splits into expected entropy (aleatoric: every MC sample is itself
+    unsure) plus BALD (epistemic: the samples disagree; Depeweg et al. 2018, "Decomposition of
+    Uncertainty in Bayesian Deep Learning"). A task is ambiguous when the entropy is at least
+    ``min_entropy * log C`` and BALD at most ``max_bald * log C``: the model is sure that the
+    answer is uncertain (label noise or a genuinely ambiguous text), so another label there
+    teaches it little. Multi-label probabilities are never flagged: per-label entropies do not
+    share one ``log C`` scale.
+
+    MC dropout on the ``head`` kind gives small BALD (at most 0.03 log C on AG News, TREC-6 and
+    CLINC150), so ``max_bald`` is calibrated to that posterior; see docs/BENCHMARKS.md.
+    """
+    probs = validate_probs(probs, multilabel)
+    if multilabel:
+        return torch.zeros(probs.shape[0], dtype=torch.bool)
+    log_c = math.log(probs.shape[-1])
+    entropy = predictive_entropy(probs)
+    return (entropy >= min_entropy * log_c) & (entropy - expected_entropy(probs) <= max_bald * log_c)
 
 
 def margin(probs: torch.Tensor, multilabel: bool = False) -> torch.Tensor:

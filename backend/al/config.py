@@ -29,6 +29,11 @@ class EngineConfig:
     max_length: int = 128
     batch_size: int = 64
     cold_start_clusters: int = 20
+    # Ambiguity routing (acquisition.ambiguous): tasks with predictive entropy >= ambiguity_entropy
+    # * log C and BALD <= ambiguity_bald * log C are marked and moved behind the rest of the order.
+    ambiguity: bool = False
+    ambiguity_entropy: float = 0.5
+    ambiguity_bald: float = 0.005
 
     def __post_init__(self) -> None:
         if self.mode not in KINDS:
@@ -43,6 +48,9 @@ class EngineConfig:
             raise ValueError(f"power_beta must be in [0, 100], got {self.power_beta}")
         if self.diversity_clusters < 0:
             raise ValueError(f"diversity_clusters must be >= 0, got {self.diversity_clusters}")
+        if not 0 < self.ambiguity_entropy <= 1 or not 0 <= self.ambiguity_bald <= 1:
+            raise ValueError("ambiguity thresholds are shares of log C: need 0 < ambiguity_entropy <= 1 "
+                             f"and 0 <= ambiguity_bald <= 1, got {self.ambiguity_entropy}, {self.ambiguity_bald}")
         if not 0 < self.dropout < 1:
             raise ValueError(f"dropout must be in (0, 1), got {self.dropout}")
         for name in ("hidden", "max_length", "batch_size", "cold_start_clusters"):

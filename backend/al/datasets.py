@@ -4,12 +4,17 @@ The simulation reads ``text<TAB>label`` TSV without a header. TREC's ``.label`` 
 (``COARSE:fine question text`` per line, latin-1) convert with::
 
     python -m backend.al.datasets trec-to-tsv ../shared/data/trec6/train.label runs/trec6/pool.tsv
+
+A file sorted by class (CLINC150's) needs a random sample rather than its first rows::
+
+    python -m backend.al.datasets sample ../shared/data/clinc150/pool.tsv runs/clinc/pool.tsv --rows 3000
 """
 
 from __future__ import annotations
 
 import argparse
 import html
+import random
 import re
 import sys
 from pathlib import Path
@@ -66,18 +71,32 @@ def write_tsv(path: str | Path, texts: list[str], labels: list[str]) -> None:
             f.write(f"{' '.join(text.split())}\t{label}\n")
 
 
+def sample_rows(texts: list[str], labels: list[str], rows: int, seed: int = 0) -> tuple[list[str], list[str]]:
+    """A seeded random sample of ``rows`` (text, label) pairs, in random order."""
+    pairs = list(zip(texts, labels, strict=True))
+    random.Random(seed).shuffle(pairs)
+    return [t for t, _ in pairs[:rows]], [y for _, y in pairs[:rows]]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m backend.al.datasets", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     trec = sub.add_parser("trec-to-tsv", help="convert a TREC .label file to text<TAB>label TSV")
     trec.add_argument("source")
     trec.add_argument("target")
+    sample = sub.add_parser("sample", help="write a seeded random sample of a text<TAB>label TSV")
+    sample.add_argument("source")
+    sample.add_argument("target")
+    sample.add_argument("--rows", type=int, required=True)
+    sample.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     try:
-        texts, labels = load_trec(args.source)
+        texts, labels = load_trec(args.source) if args.command == "trec-to-tsv" else load_tsv(args.source)
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.command == "sample":
+        texts, labels = sample_rows(texts, labels, args.rows, args.seed)
     write_tsv(args.target, texts, labels)
     print(f"wrote {len(texts)} rows, {len(set(labels))} classes to {args.target}")
     return 0

@@ -17,7 +17,7 @@ from typing import Sequence
 
 import torch
 
-from backend.al.acquisition import acquire
+from backend.al.acquisition import acquire, ambiguous
 from backend.al.config import EngineConfig
 from backend.al.embeddings import EmbeddingCache, text_key
 from backend.al.encoder import TextEncoder, encoder_identity, pick_device, resolve_encoder
@@ -150,7 +150,8 @@ class ActiveLearner:
 
         ``ids`` are the texts' task ids (default 0..N-1); a task's result depends only on
         its text, its id, the model and the seed. Without a model, texts are only embedded
-        (cached) for the cold-start order.
+        (cached) for the cold-start order. With ``ambiguity`` on, tasks are marked
+        ``ambiguous`` here (per task, so shards agree) and routed back by :meth:`order`.
         """
         seed = self.config.seed if seed is None else seed
         ids = _ids(ids, len(texts))
@@ -159,7 +160,13 @@ class ActiveLearner:
             return TaskScores(ids, torch.zeros(len(texts)), None, COLD_START)
         probs = self.mc_probs(model, texts, seed, progress)
         values = acquire(self.config.strategy, probs, model.multilabel, ids=ids, seed=seed)
-        return TaskScores(ids, values, probs.mean(dim=1), self.config.strategy)
+        return TaskScores(ids, values, probs.mean(dim=1), self.config.strategy, self._ambiguous(probs, model))
+
+    def _ambiguous(self, probs: torch.Tensor, model: Model) -> torch.Tensor | None:
+        cfg = self.config
+        if not cfg.ambiguity:
+            return None
+        return ambiguous(probs, model.multilabel, cfg.ambiguity_entropy, cfg.ambiguity_bald)
 
     def order(self, scored: TaskScores, embeddings: torch.Tensor | None = None, seed: int | None = None) -> Ranking:
         """The pool-wide step: the final order of a whole pool's scores (see ranking.order_pool).

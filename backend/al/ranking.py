@@ -11,7 +11,12 @@ Three settings shape the order beyond plain "most informative first":
   is spread out;
 - **exploration** (``exploration > 0``): that share of the positions, evenly spaced,
   holds uniformly random items, marked in ``explored``, so the labelled set keeps
-  seeing the production distribution.
+  seeing the production distribution (and the audit of ``backend.al.audit`` gets a
+  fair sample);
+- **ambiguity routing**: items marked ``ambiguous`` by the per-task step (high entropy,
+  low BALD: see ``acquisition.ambiguous``) go behind every other item of the uncertainty
+  order, keeping their relative order. Exploration still draws from the whole pool, so
+  an ambiguous item can hold an exploration slot and the audit stays unbiased.
 
 Scores are ranks scaled to [0, 1]: **lower = label sooner**, matching Label Studio's
 "Uncertainty sampling", which serves the lowest prediction score first.
@@ -37,17 +42,20 @@ class TaskScores:
 
     ids (N,) int64 task ids (unique); values (N,) acquisition values (higher = more
     informative; zeros at cold start); probs (N, C) mean predictive distribution, or
-    None at cold start.
+    None at cold start; ambiguous (N,) bool, tasks to route away from the top of the
+    queue (all False when ambiguity routing is off or given as None).
     """
 
     ids: torch.Tensor
     values: torch.Tensor
     probs: torch.Tensor | None
     strategy: str
+    ambiguous: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.ids.dim() != 1 or self.values.shape != self.ids.shape:
             raise ValueError(f"ids {tuple(self.ids.shape)} and values {tuple(self.values.shape)} must be (N,)")
+        self.ambiguous = _flags(self.ambiguous, self.ids.numel())
         if self.probs is not None and self.probs.shape[0] != self.ids.numel():
             raise ValueError(f"probs has {self.probs.shape[0]} rows for {self.ids.numel()} ids")
 
@@ -67,7 +75,16 @@ class TaskScores:
             raise ValueError("cannot merge scores with and without probabilities")
         probs = torch.cat([p.probs for p in parts]) if parts[0].probs is not None else None
         return cls(torch.cat([p.ids for p in parts]), torch.cat([p.values for p in parts]), probs,
-                   parts[0].strategy)
+                   parts[0].strategy, torch.cat([p.ambiguous for p in parts]))
+
+
+def _flags(flags: torch.Tensor | None, n: int) -> torch.Tensor:
+    """A (N,) bool tensor: the given flags checked, or all False for None."""
+    if flags is None:
+        return torch.zeros(n, dtype=torch.bool)
+    if flags.shape != (n,) or flags.dtype != torch.bool:
+        raise ValueError(f"ambiguous must be (N,) bool for {n} items, got {tuple(flags.shape)} {flags.dtype}")
+    return flags
 
 
 @dataclass
@@ -77,7 +94,8 @@ class Ranking:
     order[i] is the index of the i-th item to label; scores[j] in [0, 1] is item j's
     priority (lower = label sooner); values[j] its acquisition value (higher = more
     informative); explored[j] marks items placed by the exploration share; probs is
-    the mean predictive distribution (N, C), or None at cold start.
+    the mean predictive distribution (N, C), or None at cold start; ambiguous[j] marks
+    items routed behind the uncertainty order (an explored item keeps its slot).
     """
 
     order: torch.Tensor
@@ -86,6 +104,10 @@ class Ranking:
     explored: torch.Tensor
     probs: torch.Tensor | None
     strategy: str
+    ambiguous: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        self.ambiguous = _flags(self.ambiguous, self.order.numel())
 
 
 def scores_from_order(order: torch.Tensor) -> torch.Tensor:
@@ -172,6 +194,12 @@ def interleave_clusters(order: torch.Tensor, clusters: torch.Tensor, window: int
     return torch.tensor(out, dtype=torch.long)
 
 
+def demote(order: torch.Tensor, flagged: torch.Tensor) -> torch.Tensor:
+    """Move flagged items behind all others, each group keeping its order. (N,), (N,) bool -> (N,)."""
+    late = flagged[order]
+    return torch.cat([order[~late], order[late]])
+
+
 def mix_exploration(order: torch.Tensor, share: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Put uniformly random items at evenly spaced positions making up `share` of the order.
 
@@ -203,11 +231,13 @@ def priority_order(
     clusters: int = 0,
     window: int | None = None,
     exploration: float = 0.0,
+    ambiguous: torch.Tensor | None = None,
     seed: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Order a pool from acquisition values. values (N,), embeddings (N, D) -> (order (N,), explored (N,)).
 
-    `window` defaults to 5 items per cluster.
+    `window` defaults to 5 items per cluster; `ambiguous` (N,) bool items go behind the others
+    before diversity and exploration.
     """
     if values.dim() != 1:
         raise ValueError(f"values must be shaped (N,), got {tuple(values.shape)}")
@@ -217,6 +247,8 @@ def priority_order(
         raise ValueError(f"exploration share must be in [0, 1), got {exploration}")
     generator = torch.Generator().manual_seed(seed)
     order = power_order(values, power_beta, generator) if power_beta > 0 else greedy_order(values)
+    if ambiguous is not None:
+        order = demote(order, ambiguous)
     if clusters > 1 and values.numel() > 1:
         if embeddings is None or embeddings.shape[0] != values.numel():
             raise ValueError("diversity needs one embedding per item")
@@ -278,7 +310,7 @@ def order_pool(
     else:
         values = scored.values[perm]
         order, explored = priority_order(values, x, power_beta=power_beta, clusters=clusters,
-                                         exploration=exploration, seed=seed)
+                                         exploration=exploration, ambiguous=scored.ambiguous[perm], seed=seed)
     return _back_to_input(perm, order, values, explored, scored)
 
 
@@ -289,4 +321,5 @@ def _back_to_input(perm, order, values, explored, scored: TaskScores) -> Ranking
     back_explored = torch.empty_like(explored)
     back_explored[perm] = explored
     order = perm[order]
-    return Ranking(order, scores_from_order(order), back_values, back_explored, scored.probs, scored.strategy)
+    return Ranking(order, scores_from_order(order), back_values, back_explored, scored.probs, scored.strategy,
+                   scored.ambiguous)

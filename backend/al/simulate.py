@@ -9,10 +9,21 @@ for every strategy; each round retrains (as the service does), evaluates on the 
 file and labels the top ``--batch-size`` items of the strategy's ranking. ``default`` is
 exactly the service's default ranking (``EngineConfig()``); a plain name (``margin``)
 is that acquisition function alone, greedy, with no diversity or exploration. A
-variant overrides engine settings: ``margin/power_beta=1/exploration=0.1``.
+variant overrides engine settings: ``margin/power_beta=1/exploration=0.1``,
+``entropy/ambiguity=on``.
 
-Writes DIR/curves.csv (strategy,seed,labels,accuracy,macro_f1) and DIR/curves.png,
-and prints, per strategy, the labels needed to reach random's full-budget accuracy.
+``--label-noise P`` makes the simulated annotator flip a share P of its answers to another
+class (uniformly, seeded: every strategy of a seed gets the same wrong answers on the same
+items; the test set stays clean). ``--stopping`` follows the stopping rule
+(``backend.al.stopping``) after every retrain: kappa of consecutive models on a fixed stop
+set of ``--stop-set`` pool items, and the audit items (explored tasks' answers against the
+ranking model's prediction); it writes DIR/stopping.csv and prints, per strategy and seed,
+where the rule says stop and how far that is from the accuracy at the full budget.
+
+Writes DIR/curves.csv (strategy,seed,labels,accuracy,macro_f1,ambiguous (the share of the
+pool marked ambiguous, with ambiguity routing on), and with --stopping
+kappa,audit_items,audit_correct,state,pool_accuracy) and DIR/curves.png, and prints, per
+strategy, the labels needed to reach random's full-budget accuracy.
 """
 
 from __future__ import annotations
@@ -29,10 +40,21 @@ from typing import Sequence
 import torch
 
 from backend.al.acquisition import STRATEGIES
+from backend.al.audit import AuditItem, macro_f1
 from backend.al.datasets import load_tsv
-from backend.al.learner import ActiveLearner, EngineConfig
+from backend.al.learner import ActiveLearner, EngineConfig, Model, Ranking
+from backend.al.stopping import STOP, StoppingRule, cohens_kappa, stop_set, stopping_signal
 
 PLAIN = {"power_beta": 0.0, "diversity_clusters": 0, "exploration": 0.0}
+_BOOLS = {"1": True, "true": True, "on": True, "yes": True, "0": False, "false": False, "off": False, "no": False}
+COLUMNS = ["strategy", "seed", "labels", "accuracy", "macro_f1", "ambiguous"]
+STOP_COLUMNS = ["kappa", "audit_items", "audit_correct", "state", "pool_accuracy"]
+
+
+def _bool(raw: str) -> bool:
+    if raw.lower() not in _BOOLS:
+        raise ValueError(f"expected on/off, true/false, yes/no or 1/0, got {raw!r}")
+    return _BOOLS[raw.lower()]
 
 
 def strategy_config(spec: str, base: EngineConfig) -> EngineConfig:
@@ -49,41 +71,90 @@ def strategy_config(spec: str, base: EngineConfig) -> EngineConfig:
         key, eq, raw = item.partition("=")
         if not eq or key not in types:
             raise ValueError(f"bad strategy option {item!r} in {spec!r}")
-        cast = {"int": int, "float": float, "bool": lambda v: v.lower() in ("1", "true")}.get(str(types[key]), str)
+        cast = {"int": int, "float": float, "bool": _bool}.get(str(types[key]), str)
         config = dataclasses.replace(config, **{key: cast(raw)})
     return config
 
 
-def macro_f1(pred: torch.Tensor, gold: torch.Tensor, num_classes: int) -> float:
-    """Macro-averaged F1 over the classes present in gold or pred. (N,), (N,) -> float."""
-    scores = []
-    for c in range(num_classes):
-        tp = int(((pred == c) & (gold == c)).sum())
-        fp = int(((pred == c) & (gold != c)).sum())
-        fn = int(((pred != c) & (gold == c)).sum())
-        if tp + fp + fn:
-            scores.append(2 * tp / (2 * tp + fp + fn))
-    return sum(scores) / len(scores) if scores else 0.0
+def noisy_answers(labels: Sequence[str], classes: Sequence[str], rate: float, seed: int) -> list[str]:
+    """The simulated annotator's answers: each label, with probability ``rate``, swapped for another
+    class drawn uniformly. Seeded, so every strategy of a seed gets the same answers."""
+    if not 0 <= rate < 1:
+        raise ValueError(f"label noise must be in [0, 1), got {rate}")
+    generator = torch.Generator().manual_seed(1_000_003 + seed)
+    flip = (torch.rand(len(labels), generator=generator) < rate).tolist()
+    shift = torch.randint(1, max(len(classes), 2), (len(labels),), generator=generator).tolist()
+    index = {c: i for i, c in enumerate(classes)}
+    return [classes[(index[y] + s) % len(classes)] if f else y for y, f, s in zip(labels, flip, shift, strict=True)]
+
+
+class StoppingTrace:
+    """The stopping rule's inputs over one simulated run: kappas on the stop set and audit items.
+
+    ``pool`` holds the true labels, ``answers`` the annotator's (what the audit compares with).
+    """
+
+    def __init__(self, pool: tuple[list[str], list[str]], answers: Sequence[str], classes: Sequence[str],
+                 size: int, seed: int, rule: StoppingRule | None = None) -> None:
+        self.stop_texts = [pool[0][i] for i in stop_set(range(len(pool[0])), size, seed)]
+        self.gold, self.answers, self.classes = pool[1], answers, classes
+        self.rule = rule or StoppingRule()
+        self.kappas: list[float] = []
+        self.audit: list[AuditItem] = []
+        self._previous: list[int] | None = None
+
+    def after_fit(self, learner: ActiveLearner, model: Model) -> dict:
+        """Kappa against the previous model and the rule's state: the round's extra columns."""
+        current = learner.predict_proba(model, self.stop_texts).argmax(dim=1).tolist()
+        if self._previous is not None:
+            self.kappas.append(cohens_kappa(self._previous, current))
+        self._previous = current
+        signal = stopping_signal(self.kappas, self.audit, self.rule)
+        return {"kappa": self.kappas[-1] if self.kappas else None, "audit_items": len(self.audit),
+                "audit_correct": sum(item.correct for item in self.audit), "state": signal.state}
+
+    def after_labelling(self, ranking: Ranking, take: list[int], ids: list[int], version: str) -> dict:
+        """Audit the explored tasks among those just labelled against the ranking model's prediction.
+
+        -> {"pool_accuracy"}: the ranking model's true accuracy on the unlabelled pool, which is
+        what an audit item estimates (with clean answers), to check the audit against.
+        """
+        predicted = [self.classes[c] for c in ranking.probs.argmax(dim=1).tolist()]
+        for i in take:
+            if ranking.explored[i]:
+                self.audit.append(AuditItem(ids[i], version, predicted[i], self.answers[ids[i]]))
+        right = sum(p == self.gold[task] for p, task in zip(predicted, ids, strict=True))
+        return {"pool_accuracy": right / len(ids)}
 
 
 def run_one(learner: ActiveLearner, pool: tuple[list[str], list[str]], test: tuple[list[str], list[str]],
-            classes: list[str], seed: int, seed_size: int, batch_size: int, budget: int) -> list[dict]:
-    """One learning curve: rows {labels, accuracy, macro_f1} after each retrain."""
+            classes: list[str], seed: int, seed_size: int, batch_size: int, budget: int,
+            answers: Sequence[str] | None = None, trace: StoppingTrace | None = None) -> list[dict]:
+    """One learning curve: rows {labels, accuracy, macro_f1} after each retrain (and the trace's columns).
+
+    ``answers`` are what the annotator says for each pool item (default: the pool's labels).
+    """
     texts, labels = pool
+    answers = labels if answers is None else answers
     test_gold = torch.tensor([classes.index(y) for y in test[1]])
     generator = torch.Generator().manual_seed(seed)
     labelled = torch.randperm(len(texts), generator=generator)[:seed_size].tolist()
     unlabelled = sorted(set(range(len(texts))) - set(labelled))
     rows, model, round_ = [], None, 0
     while True:
-        model = learner.fit([texts[i] for i in labelled], [labels[i] for i in labelled], classes, previous=model)
+        model = learner.fit([texts[i] for i in labelled], [answers[i] for i in labelled], classes, previous=model)
         pred = learner.predict_proba(model, test[0]).argmax(dim=1)
         rows.append({"labels": len(labelled), "accuracy": float((pred == test_gold).float().mean()),
-                     "macro_f1": macro_f1(pred, test_gold, len(classes))})
+                     "macro_f1": macro_f1(pred.tolist(), test_gold.tolist()),
+                     **(trace.after_fit(learner, model) if trace else {})})
         if len(labelled) >= budget or not unlabelled:
             return rows
         ranking = learner.rank(model, [texts[i] for i in unlabelled], ids=unlabelled, seed=seed * 1000 + round_)
         take = ranking.order[:min(batch_size, budget - len(labelled))].tolist()
+        if learner.config.ambiguity:
+            rows[-1]["ambiguous"] = float(ranking.ambiguous.float().mean())  # share of the pool set aside
+        if trace:
+            rows[-1].update(trace.after_labelling(ranking, take, unlabelled, f"round-{round_}"))
         chosen = {unlabelled[i] for i in take}
         labelled += [unlabelled[i] for i in take]
         unlabelled = [i for i in unlabelled if i not in chosen]
@@ -116,6 +187,57 @@ def summarize(rows: Sequence[dict], seed_size: int, baseline: str = "random") ->
     return out
 
 
+def stopping_points(rows: Sequence[dict], rule: StoppingRule | None = None) -> list[dict]:
+    """Per strategy and seed: where the rule first says stop, against the full budget.
+
+    Also where it first says "returns are diminishing" (or stop), and where stability alone
+    (the last ``rule.rounds`` kappas >= ``rule.stop_kappa``, no audit) would have stopped.
+    """
+    rule = rule or StoppingRule()
+    runs: dict[tuple[str, int], list[dict]] = defaultdict(list)
+    for r in rows:
+        runs[(r["strategy"], int(r["seed"]))].append(r)
+    out = []
+    for (strategy, seed), curve in runs.items():
+        curve = sorted(curve, key=lambda r: int(r["labels"]))
+        kappas = [float(r["kappa"]) for r in curve if r.get("kappa") not in (None, "")]
+        final = curve[-1]
+        stop = next((r for r in curve if r["state"] == STOP), None)
+        slowing = next((r for r in curve if r["state"] != "keep labelling"), None)
+        stable = next((curve[i + 1] for i in range(rule.rounds - 1, len(kappas))
+                       if min(kappas[i - rule.rounds + 1:i + 1]) >= rule.stop_kappa), None)
+        out.append({"strategy": strategy, "seed": seed, "final_labels": int(final["labels"]),
+                    "final_accuracy": float(final["accuracy"]),
+                    **_point("stop", stop, final), **_point("diminishing", slowing, final),
+                    **_point("stable", stable, final)})
+    return out
+
+
+def _point(name: str, row: dict | None, final: dict) -> dict:
+    """Labels, test accuracy, gap to the final accuracy and audit accuracy at a stopping point."""
+    if row is None:
+        return {f"{name}_labels": None, f"{name}_accuracy": None, f"{name}_gap_points": None,
+                f"{name}_audit": None}
+    items = int(row["audit_items"])
+    return {f"{name}_labels": int(row["labels"]), f"{name}_accuracy": float(row["accuracy"]),
+            f"{name}_gap_points": 100 * (float(final["accuracy"]) - float(row["accuracy"])),
+            f"{name}_audit": int(row["audit_correct"]) / items if items else None}
+
+
+def print_stopping(points: list[dict], out=sys.stdout) -> None:
+    """The --stopping report: one line per strategy and seed."""
+    print("\nstopping rule (stop = kappa >= 0.99 for 3 rounds + audit; stable = kappa alone):", file=out)
+    print(f"  {'strategy':<28} seed {'stop at':>8} {'acc there':>9} {'audit':>6} {'final':>6} {'gap pts':>7}"
+          f" {'diminishing at':>14} {'stable at':>9}", file=out)
+    for p in points:
+        def fmt(v, spec):
+            return "-" if v is None else format(v, spec)
+        print(f"  {p['strategy']:<28} {p['seed']:>4} {fmt(p['stop_labels'], 'd'):>8} "
+              f"{fmt(p['stop_accuracy'], '.4f'):>9} {fmt(p['stop_audit'], '.3f'):>6} {p['final_accuracy']:.4f} "
+              f"{fmt(p['stop_gap_points'], '+.2f'):>7} {fmt(p['diminishing_labels'], 'd'):>14} "
+              f"{fmt(p['stable_labels'], 'd'):>9}", file=out)
+
+
 def plot(rows: Sequence[dict], path: Path, title: str) -> None:
     """Mean accuracy per strategy with a min-max band over seeds."""
     import matplotlib
@@ -142,12 +264,19 @@ def plot(rows: Sequence[dict], path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def write_csv(rows: Sequence[dict], path: Path) -> None:
+def write_csv(rows: Sequence[dict], path: Path, columns: Sequence[str] = COLUMNS) -> None:
+    """Rows as CSV with the given columns; floats to 4 decimals, None as empty."""
     with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["strategy", "seed", "labels", "accuracy", "macro_f1"])
+        writer = csv.DictWriter(f, fieldnames=list(columns))
         writer.writeheader()
         for r in rows:
-            writer.writerow({k: (f"{r[k]:.4f}" if isinstance(r[k], float) else r[k]) for k in writer.fieldnames})
+            writer.writerow({k: _cell(r.get(k)) for k in columns})
+
+
+def _cell(value):
+    if value is None:
+        return ""
+    return f"{value:.4f}" if isinstance(value, float) else value
 
 
 def print_summary(summary: list[dict], budget: int, out=sys.stdout) -> None:
@@ -175,7 +304,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--cache-dir", default="data/embeddings", help="embedding cache folder (shared with the service)")
     p.add_argument("--limit-pool", type=int, default=0, help="use only the first N pool rows (0 = all)")
     p.add_argument("--limit-test", type=int, default=0, help="use only the first N test rows (0 = all)")
+    p.add_argument("--label-noise", type=float, default=0.0,
+                   help="share of the simulated annotator's answers flipped to another class (seeded)")
+    p.add_argument("--stopping", action="store_true",
+                   help="follow the stopping rule every round; write stopping.csv and print where it stops")
+    p.add_argument("--stop-set", type=int, default=1000,
+                   help="pool items in the stopping rule's stop set (larger = less noisy kappa)")
     args = p.parse_args(argv)
+    if not 0 <= args.label_noise < 1:
+        p.error("--label-noise must be in [0, 1)")
+    if args.stop_set < 1:
+        p.error("--stop-set must be >= 1")
     for name in ("seed_size", "batch_size", "budget", "seeds", "mc_samples"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
@@ -214,18 +353,26 @@ def main(argv: list[str] | None = None) -> int:
     for done, (spec, seed) in enumerate(runs, 1):
         t0 = time.time()
         learner = ActiveLearner(configs[spec], cache_dir=Path(args.cache_dir))
-        curve = run_one(learner, pool, test, classes, seed, args.seed_size, args.batch_size, args.budget)
+        answers = noisy_answers(pool[1], classes, args.label_noise, seed) if args.label_noise else pool[1]
+        trace = StoppingTrace(pool, answers, classes, args.stop_set, seed) if args.stopping else None
+        curve = run_one(learner, pool, test, classes, seed, args.seed_size, args.batch_size, args.budget,
+                        answers, trace)
         rows += [{"strategy": spec, "seed": seed, **r} for r in curve]
         eta = (time.time() - start) / done * (len(runs) - done)
         print(f"[{done}/{len(runs)}] {spec} seed {seed}: accuracy {curve[-1]['accuracy']:.4f} at "
               f"{curve[-1]['labels']} labels ({time.time() - t0:.1f}s, eta {eta:.0f}s)", flush=True)
 
-    write_csv(rows, out / "curves.csv")
+    write_csv(rows, out / "curves.csv", COLUMNS + STOP_COLUMNS if args.stopping else COLUMNS)
+    noise = f", {args.label_noise:.0%} label noise" if args.label_noise else ""
     plot(rows, out / "curves.png", f"{Path(args.pool).parent.name or 'pool'}: {len(pool[0])} pool, "
-         f"{len(test[0])} test, {args.seeds} seeds")
+         f"{len(test[0])} test, {args.seeds} seeds{noise}")
     print(f"wrote {out / 'curves.csv'} and {out / 'curves.png'}")
     if "random" in configs:
         print_summary(summarize(rows, args.seed_size), args.budget)
+    if args.stopping:
+        points = stopping_points(rows)
+        write_csv(points, out / "stopping.csv", list(points[0]))
+        print_stopping(points)
     return 0
 
 

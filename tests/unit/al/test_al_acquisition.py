@@ -131,3 +131,44 @@ def test_unknown_strategy_is_rejected():
 
 def test_empty_pool_gives_empty_values():
     assert acq.bald(torch.zeros(0, 5, 3)).shape == (0,)
+
+
+# -- ambiguity: high entropy, low BALD -------------------------------------------------------
+
+
+@settings(max_examples=150, deadline=None)
+@given(mc_probs(), st.floats(0.05, 1.0), st.floats(0.0, 1.0))
+def test_ambiguous_is_exactly_the_thresholds_relative_to_log_c(probs, min_entropy, max_bald):
+    log_c = math.log(probs.shape[-1])
+    flags = acq.ambiguous(probs, min_entropy=min_entropy, max_bald=max_bald)
+    h, b = acq.predictive_entropy(probs), acq.bald(probs)
+    assert flags.dtype == torch.bool and flags.shape == (probs.shape[0],)
+    clear = ((h - min_entropy * log_c).abs() > 1e-9) & ((b - max_bald * log_c).abs() > 1e-9)  # off the edges
+    expected = (h >= min_entropy * log_c) & (b <= max_bald * log_c)
+    assert torch.equal(flags[clear], expected[clear])
+
+
+@settings(max_examples=100, deadline=None)
+@given(mc_probs(), st.integers(0, 2**31 - 1))
+def test_ambiguous_ignores_the_mc_order_and_grows_with_looser_thresholds(probs, seed):
+    perm = torch.randperm(probs.shape[1], generator=torch.Generator().manual_seed(seed))
+    assert torch.equal(acq.ambiguous(probs), acq.ambiguous(probs[:, perm, :]))
+    strict = acq.ambiguous(probs, min_entropy=0.8, max_bald=0.01)
+    loose = acq.ambiguous(probs, min_entropy=0.5, max_bald=0.05)
+    assert not (strict & ~loose).any()
+
+
+def test_ambiguous_pinned_aleatoric_epistemic_and_confident():
+    probs = torch.tensor([
+        [[0.5, 0.5], [0.5, 0.5]],  # every sample unsure: aleatoric, BALD 0
+        [[1.0, 0.0], [0.0, 1.0]],  # samples disagree: BALD = H = log 2, epistemic
+        [[0.99, 0.01], [0.99, 0.01]],  # confident: low entropy
+    ], dtype=torch.float64)
+    assert acq.ambiguous(probs).tolist() == [True, False, False]
+    assert acq.ambiguous(probs, max_bald=1.0).tolist() == [True, True, False]
+
+
+def test_ambiguous_never_flags_multilabel_and_validates_input():
+    assert not acq.ambiguous(torch.full((3, 2, 4), 0.5), multilabel=True).any()
+    with pytest.raises(ValueError, match="logits"):
+        acq.ambiguous(torch.tensor([[[2.0, -1.0]]]))

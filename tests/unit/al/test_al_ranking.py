@@ -137,3 +137,52 @@ def test_cold_start_puts_one_representative_per_cluster_first():
 def test_cold_start_empty_pool():
     order, values = rk.cold_start_order(torch.zeros(0, 4), clusters=3)
     assert order.numel() == 0 and values.numel() == 0
+
+
+@given(st.lists(st.booleans(), min_size=1, max_size=40), st.integers(0, 1000))
+def test_demote_puts_flagged_last_and_keeps_each_groups_order(flags, seed):
+    n = len(flags)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    flagged = torch.tensor(flags)
+    new = rk.demote(order, flagged)
+    assert is_permutation(new, n)
+    late = flagged[new].tolist()
+    assert late == sorted(late)  # all unflagged, then all flagged
+    assert [i for i in new.tolist() if not flags[i]] == [i for i in order.tolist() if not flags[i]]
+    assert [i for i in new.tolist() if flags[i]] == [i for i in order.tolist() if flags[i]]
+
+
+@settings(max_examples=80, deadline=None)
+@given(pools(), st.sampled_from([0.0, 1.0]), st.sampled_from([0, 3]), st.sampled_from([0.0, 0.1, 0.3]),
+       st.integers(0, 2**31 - 1))
+def test_routing_never_changes_which_items_are_explored(pool, beta, clusters, exploration, flag_seed):
+    values, emb, seed = pool
+    flags = torch.rand(values.numel(), generator=torch.Generator().manual_seed(flag_seed)) < 0.3
+    kwargs = dict(power_beta=beta, clusters=clusters, exploration=exploration, seed=seed)
+    plain_order, plain_explored = rk.priority_order(values, emb, **kwargs)
+    routed_order, routed_explored = rk.priority_order(values, emb, ambiguous=flags, **kwargs)
+    assert torch.equal(plain_explored, routed_explored)  # the audit sample stays uniform
+    assert is_permutation(routed_order, values.numel())
+    if clusters == 0:
+        # outside the exploration slots, every unflagged item comes before every flagged one
+        active = [int(i) for i in routed_order if not routed_explored[i]]
+        late = [bool(flags[i]) for i in active]
+        assert late == sorted(late)
+
+
+def test_order_pool_carries_the_flags_indexed_like_its_input():
+    scored = rk.TaskScores(torch.tensor([30, 10, 20]), torch.tensor([0.9, 0.5, 0.1]), None, "margin",
+                           torch.tensor([True, False, False]))
+    ranking = rk.order_pool(scored)
+    assert ranking.ambiguous.tolist() == [True, False, False]
+    assert ranking.order.tolist() == [1, 2, 0]  # task 30 is the most uncertain but ambiguous: last
+    assert rk.order_pool(rk.TaskScores(scored.ids, scored.values, None, "margin")).order.tolist() == [0, 1, 2]
+
+
+def test_task_scores_flags_default_to_false_merge_and_validate():
+    a = rk.TaskScores(torch.tensor([1, 2]), torch.zeros(2), None, "margin", torch.tensor([True, False]))
+    b = rk.TaskScores(torch.tensor([3]), torch.zeros(1), None, "margin")
+    assert b.ambiguous.tolist() == [False]
+    assert rk.TaskScores.concat([a, b]).ambiguous.tolist() == [True, False, False]
+    with pytest.raises(ValueError, match="ambiguous"):
+        rk.TaskScores(torch.tensor([1, 2]), torch.zeros(2), None, "margin", torch.tensor([1, 0]))

@@ -9,6 +9,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from backend.al.acquisition import ambiguous
 from backend.al.config import EngineConfig
 from backend.al.learner import ActiveLearner, TaskScores
 
@@ -21,6 +22,8 @@ CONFIGS = {
     "default": {},
     "random": {"strategy": "random"},
     "bald-power-diversity": {"strategy": "bald", "power_beta": 1.0, "diversity_clusters": 4},
+    # thresholds loose enough for the tiny test model to flag part of the pool
+    "entropy-ambiguity": {"strategy": "entropy", "ambiguity": True, "ambiguity_entropy": 0.8, "ambiguity_bald": 0.005},
 }
 
 
@@ -71,6 +74,7 @@ def test_shards_in_any_split_give_the_single_call_ranking(tiny_bert, trained, si
     assert torch.equal(sharded.scores, whole.scores[back])
     assert torch.equal(sharded.values, whole.values[back])
     assert torch.equal(sharded.explored, whole.explored[back])
+    assert torch.equal(sharded.ambiguous, whole.ambiguous[back])
     assert (sharded.probs is None and whole.probs is None) or torch.equal(sharded.probs, whole.probs[back])
 
 
@@ -91,6 +95,19 @@ def test_full_mode_scores_a_text_the_same_in_any_batch(tiny_bert, tmp_path):
     # Same masks per sample whatever the batch; only padding changes the float sums' last bits.
     assert torch.allclose(alone, whole[[0, 7, 19]], atol=1e-5)
     assert whole.std(dim=1).max() > 0
+
+
+def test_ambiguity_marks_tasks_only_when_on_and_routes_them_behind(tiny_bert, trained):
+    cache, model = trained
+    assert not _learner(tiny_bert, cache, strategy="entropy").score(model, POOL, IDS, seed=11).ambiguous.any()
+    learner = _learner(tiny_bert, cache, **CONFIGS["entropy-ambiguity"])
+    scored = learner.score(model, POOL, IDS, seed=11)
+    expected = ambiguous(learner.mc_probs(model, POOL, seed=11), False, 0.8, 0.005)
+    assert torch.equal(scored.ambiguous, expected) and 0 < int(expected.sum()) < len(POOL)
+    ranking = learner.order(scored, seed=11)
+    active = [i for i in ranking.order.tolist() if not ranking.explored[i]]
+    late = [bool(ranking.ambiguous[i]) for i in active]
+    assert late == sorted(late)
 
 
 def test_merging_refuses_repeated_ids_and_mixed_strategies():

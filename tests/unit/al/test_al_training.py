@@ -75,17 +75,9 @@ def test_strategy_specs():
         simulate.strategy_config("margin/nope=1", base)
 
 
-def test_simulation_cli_smoke(agnews_pool, tiny_bert, tmp_path):
-    texts, labels = agnews_pool
-    write_tsv(tmp_path / "pool.tsv", texts[:120], labels[:120])
-    write_tsv(tmp_path / "test.tsv", texts[6000:6060], labels[6000:6060])
-    out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "backend.al.simulate", "--pool", str(tmp_path / "pool.tsv"),
-           "--test", str(tmp_path / "test.tsv"), "--strategy", "bald,margin,random,default",
-           "--seed-size", "10", "--batch-size", "10", "--budget", "30", "--seeds", "2",
-           "--out", str(out), "--encoder", str(tiny_bert), "--mc-samples", "4",
-           "--cache-dir", str(tmp_path / "cache")]
-    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+def test_simulation_cli_smoke(run_simulation):
+    done, out = run_simulation(120, 60, "--strategy", "bald,margin,random,default", "--seed-size", "10",
+                               "--batch-size", "10", "--budget", "30", "--seeds", "2")
     assert done.returncode == 0, done.stderr[-2000:]
     rows = list(csv.DictReader(open(out / "curves.csv")))
     assert {r["strategy"] for r in rows} == {"bald", "margin", "random", "default"}
