@@ -6,7 +6,7 @@ LS_VERSION ?= 1.23.2
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: venv dev-venv ls-venv run test lint bench clean
+.PHONY: venv dev-venv ls-venv run test lint audit bench clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,9 +40,13 @@ test: dev-venv ls-venv  ## unit, integration and e2e tests
 lint: dev-venv
 	$(PY) -m ruff check backend workers tests scripts
 
-bench: venv ls-venv  ## the engine's and the publisher's benchmarks (see README, Benchmarks)
+audit: dev-venv  ## pip-audit over requirements.txt (needs PyPI's JSON API or OSV; tests/test_dependency_audit.py skips without)
+	$(PY) -m pip_audit -r requirements.txt --no-deps --disable-pip --progress-spinner off
+
+bench: dev-venv ls-venv  ## the engine's, the publisher's and the webhook-load benchmarks (see docs/BENCHMARKS.md, docs/RELIABILITY.md)
 	PYTHON=$(PY) bash scripts/bench_engine.sh
 	LS_VENV="$(abspath $(LS_VENV))" $(PY) scripts/bench_publish.py
+	LS_VENV="$(abspath $(LS_VENV))" $(PY) scripts/bench_webhooks.py
 
 clean:
 	rm -rf .pytest_cache .ruff_cache .hypothesis

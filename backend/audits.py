@@ -35,7 +35,7 @@ from backend.al.audit import AuditItem
 from backend.projects import key
 
 KEPT = 3  # versions whose prediction hashes are kept: the live one and the two before it
-STOP_SET_SIZE = 500  # tasks of the pool whose predictions two versions compare (kappa)
+STOP_SET_SIZE = 1000  # tasks whose predictions two versions compare (kappa); 500 was too noisy (BENCHMARKS.md §4)
 
 
 def canonical(label: str | Sequence[str]) -> str:

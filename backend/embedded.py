@@ -19,6 +19,8 @@ from backend.settings import Settings
 
 log = logging.getLogger(__name__)
 _STOP_GRACE = 20.0  # seconds children get to finish after SIGTERM
+_MAX_RESTARTS = 5  # worker restarts allowed within _RESTART_WINDOW before the stack gives up
+_RESTART_WINDOW = 600.0  # seconds
 
 
 def start_redis(model_dir: Path):
@@ -52,14 +54,36 @@ class Stack:
 
     processes: list[subprocess.Popen] = field(default_factory=list)
     redis_server: object | None = None
+    restartable: dict[int, tuple[list[str], dict[str, str]]] = field(default_factory=dict)  # pid -> how
+    restarts: list[float] = field(default_factory=list)  # when workers were restarted (monotonic)
 
-    def spawn(self, command: list[str], env: dict[str, str]) -> None:
+    def spawn(self, command: list[str], env: dict[str, str], restart: bool = False) -> subprocess.Popen:
         """Start a child in its own process group so Ctrl-C reaches it only through us."""
-        self.processes.append(subprocess.Popen(command, env=env, start_new_session=True))
+        proc = subprocess.Popen(command, env=env, start_new_session=True)
+        self.processes.append(proc)
+        if restart:
+            self.restartable[proc.pid] = (command, env)
+        return proc
 
     def first_exit(self) -> subprocess.Popen | None:
         """A child that has exited, if any."""
         return next((p for p in self.processes if p.poll() is not None), None)
+
+    def restart(self, dead: subprocess.Popen) -> bool:
+        """Start a dead worker again; False when it may not be (web process, or too many restarts).
+
+        A worker can die of something outside it (rq quits on some Redis errors); its job is
+        retried by RQ, so the stack heals by starting it again instead of stopping the service.
+        """
+        now = time.monotonic()
+        self.restarts = [t for t in self.restarts if now - t < _RESTART_WINDOW]
+        if dead.pid not in self.restartable or len(self.restarts) >= _MAX_RESTARTS:
+            return False
+        command, env = self.restartable.pop(dead.pid)
+        self.processes.remove(dead)
+        self.restarts.append(now)
+        self.spawn(command, env, restart=True)
+        return True
 
     def stop(self) -> None:
         """SIGTERM every child, wait, SIGKILL stragglers, then stop Redis."""
@@ -86,7 +110,7 @@ def start(settings: Settings, environ: dict[str, str] | None = None) -> Stack:
         stack.redis_server = start_redis(Path(settings.model_dir))
         env["REDIS_URL"] = redis_url_of(stack.redis_server)
         for _ in range(settings.embedded_workers):
-            stack.spawn(worker_command(), env)
+            stack.spawn(worker_command(), env, restart=True)
     stack.spawn(web_command(settings), env)
     return stack
 
@@ -108,7 +132,9 @@ def run(settings: Settings) -> int:
     try:
         while not stopping:
             dead = stack.first_exit()
-            if dead is not None:
+            if dead is not None and stack.restart(dead):
+                log.error("%s exited with %s; started it again", dead.args[2:4], dead.returncode)
+            elif dead is not None:
                 log.error("%s exited with %s; stopping everything", dead.args[2:4], dead.returncode)
                 status = 1
                 break

@@ -37,7 +37,13 @@ from backend.settings import Settings
 
 TRAIN = "train"
 SCORE = "score"
-QUEUES = (TRAIN, SCORE)
+CLEANUP = "cleanup"
+# The order a worker serves them in. Scoring first: a trained version is published before the
+# next retrain starts, so a steady stream of annotations (each retrain ending with a follow-up
+# queued) cannot starve the re-scores and leave LS's priorities stale (measured with one worker:
+# 7 retrains and no re-score in 60 s of load, docs/RELIABILITY.md). Clean-up last: deleting a
+# superseded version's predictions takes LS 18-40 s and must never delay the loop.
+QUEUES = (SCORE, TRAIN, CLEANUP)
 RECONCILE_LOCK = "al:reconcile:next"
 BACKOFF = (10, 60, 300)  # seconds between retries; the last one repeats
 _WAITING = {JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED}
@@ -213,7 +219,7 @@ def enqueue_score_new(r: Redis, project_id: int, task_ids: list[int], policy: Jo
 
 def enqueue_cleanup(r: Redis, project_id: int, version: str, policy: JobPolicy) -> Job:
     """Delete an old version's predictions from LS, off the critical path."""
-    return enqueue(r, SCORE, "workers.lifecycle.delete_version", int(project_id), version, policy=policy,
+    return enqueue(r, CLEANUP, "workers.lifecycle.delete_version", int(project_id), version, policy=policy,
                    description=f"delete predictions of {version} in project {project_id}",
                    project=project_id)
 

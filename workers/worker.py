@@ -2,12 +2,16 @@
 
 ``python -m workers`` runs a :class:`ReconcilingWorker` with a context built from the settings.
 rq's own CLI cannot pass one, so it takes :class:`EnvironmentWorker`, which reads the settings
-from the environment: ``rq worker train score --with-scheduler -w workers.worker.EnvironmentWorker``.
+from the environment: ``rq worker score train cleanup --with-scheduler -w workers.worker.EnvironmentWorker``.
 The main process never touches CUDA: the engine is built inside the work-horse, on first use.
 """
 
 from __future__ import annotations
 
+import logging
+import time
+
+import redis
 from rq import Worker
 from rq.job import Job
 
@@ -16,12 +20,36 @@ from backend.settings import Settings
 from workers.context import WorkerContext
 
 MAINTENANCE_MAX = 600  # rq's default maintenance interval
+# rq restarts a dead scheduler process (which moves jobs whose retry is due back to their queue)
+# only in its maintenance; the scheduler dies when Redis goes away, so check every 30 s, not 600 s,
+# or retries after a Redis outage wait up to ten minutes (tests/faults/test_redis.py).
+SCHEDULER_CHECK = 30
+REDIS_WAIT = 300  # seconds a worker waits for Redis to come back when it must read a job's status
 
 
 class ContextJob(Job):
     """A job whose function is called with the worker's context first: ``func(context, *args)``."""
 
     context: WorkerContext | None = None  # set by ContextWorker.perform_job, in the work-horse
+
+    def get_status(self, refresh: bool = True):
+        """The job's status; while Redis is unreachable, wait for it (up to REDIS_WAIT s).
+
+        rq 3.0's worker asks for the status right after a work-horse ends and does not catch a
+        connection error there: a Redis outage at that moment would end the worker process.
+        Waiting lets it handle the ended job (a retry if the horse failed) once Redis is back.
+        """
+        deadline, delay = time.monotonic() + REDIS_WAIT, 0.5
+        while True:
+            try:
+                return super().get_status(refresh)
+            except redis.exceptions.ConnectionError:
+                if time.monotonic() + delay > deadline:
+                    raise
+                logging.getLogger(__name__).warning("Redis unreachable while reading job %s's status; "
+                                                    "retrying in %.1f s", self.id, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     def _execute(self):
         # rq 3.0 (pinned in requirements.txt) calls ``self.func(*self.args, **self.kwargs)`` here.
@@ -64,9 +92,8 @@ class ReconcilingWorker(ContextWorker):
     """
 
     def __init__(self, *args, context: WorkerContext, **kwargs) -> None:
-        interval = context.settings.reconcile_interval
-        if interval > 0:
-            kwargs.setdefault("maintenance_interval", max(1, min(interval, MAINTENANCE_MAX)))
+        interval = context.settings.reconcile_interval or MAINTENANCE_MAX
+        kwargs.setdefault("maintenance_interval", max(1, min(interval, SCHEDULER_CHECK)))
         super().__init__(*args, context=context, **kwargs)
 
     @property

@@ -31,6 +31,8 @@ class EngineConfig:
     cold_start_clusters: int = 20
     # Ambiguity routing (acquisition.ambiguous): tasks with predictive entropy >= ambiguity_entropy
     # * log C and BALD <= ambiguity_bald * log C are marked and moved behind the rest of the order.
+    # Off: it helped the default under 10% label noise but cost 1.7-4.6 points at 60-100 labels
+    # without noise (docs/BENCHMARKS.md, section 4).
     ambiguity: bool = False
     ambiguity_entropy: float = 0.5
     ambiguity_bald: float = 0.005

@@ -23,8 +23,11 @@ The audit sample is small by design (the exploration share, 10% of the labels), 
 prove a plateau; it can only veto a stop while the accuracy visibly climbs, and it makes sure
 a stop comes with a measured accuracy. Stability does the main work, as in the paper.
 
-The thresholds assume one kappa per retrain at the service's cadence; ``docs/BENCHMARKS.md``
-("Stopping and ambiguity") has the simulation that validates them. Pure Python, no I/O.
+The thresholds assume one kappa per retrain at the service's cadence (10 labels) and a stop set
+of 1,000 tasks or more: with 500, a kappa of 0.99 is 3 or 4 disagreements and the rule turns
+erratic. Validated in ``docs/BENCHMARKS.md`` (section 4): on AG News it stops at 420-530 labels,
+-0.3 to +2.0 points from the accuracy at 600; on TREC-6 and CLINC150, still climbing at 600, it
+does not stop. Pure Python, no I/O.
 """
 
 from __future__ import annotations

@@ -18,10 +18,13 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import httpx
 import pytest
@@ -221,6 +224,24 @@ class LSApi:
 
     def predictions(self, task_id: int) -> list[dict]:
         return self.call("GET", "/api/predictions/", params={"task": task_id})
+
+
+@contextmanager
+def scratch_server() -> Iterator[LabelStudioServer]:
+    """A Label Studio server of its own on a temporary data dir, for scripts: started, then stopped
+    and removed; its log tail goes to stderr if the block raises."""
+    executable = ls_executable()
+    if executable is None:
+        raise LabelStudioServerError(f"no Label Studio venv at {ls_venv()} (set LS_VENV)")
+    server = LabelStudioServer(executable=executable, workdir=Path(tempfile.mkdtemp(prefix="ls-scratch-")))
+    try:
+        yield server.start()
+    except Exception:
+        print(server.log_tail(), file=sys.stderr)
+        raise
+    finally:
+        server.stop()
+        shutil.rmtree(server.workdir, ignore_errors=True)
 
 
 def agnews(n: int, offset: int = 0) -> list[tuple[str, str]]:

@@ -66,7 +66,7 @@ def test_rq_cli_runs_our_jobs_with_the_environment_worker(redis_url, r, tmp_path
     stale = jobqueue.enqueue_rescore(r, 1, "p1-v0009-abcdef", jobqueue.JobPolicy(retries=0))
     rq_cli = str(Path(sys.executable).parent / "rq")
     result = _run_worker(redis_url, tmp_path, tiny_encoder, (
-        rq_cli, "worker", "--burst", "--url", redis_url, "-w", "workers.worker.EnvironmentWorker", "train", "score"))
+        rq_cli, "worker", "--burst", "--url", redis_url, "-w", "workers.worker.EnvironmentWorker", *jobqueue.QUEUES))
     assert result.returncode == 0, result.stderr[-2000:]
     assert Job.fetch(stale.id, connection=r).return_value()["skipped"] is True
 

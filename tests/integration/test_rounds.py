@@ -386,7 +386,7 @@ def test_worker_timer_enqueues_reconcile_and_it_retrains(ls, r, settings):
     timed = WorkerContext.from_settings(dataclasses.replace(settings, reconcile_interval=60),
                                         client_factory=ls.client)
     worker = Worker(list(jobqueue.QUEUES), connection=r, context=timed)
-    assert worker.maintenance_interval == 60 and worker.dequeue_timeout <= 60
+    assert worker.maintenance_interval <= 60 and worker.dequeue_timeout <= 60
     worker.work(burst=True, logging_level="WARNING")
     assert [j.func_name for j in _finished(r, "workers.lifecycle.reconcile")] == ["workers.lifecycle.reconcile"]
     assert projects.trained_count(r, 1) == 8 and ls.model_version.startswith("p1-v")
@@ -401,4 +401,18 @@ def test_a_new_order_does_not_wait_behind_old_prediction_deletes(r):
     jobqueue.enqueue_score_new(r, 1, [5], policy)
     jobqueue.enqueue_rescore(r, 1, "p1-v0002-bbbbbb", policy)
     assert [j.func_name for j in Queue("score", connection=r).jobs] == [
-        "workers.scoring.rescore", "workers.lifecycle.delete_version", "workers.scoring.score_new_tasks"]
+        "workers.scoring.rescore", "workers.scoring.score_new_tasks"]
+    assert [j.func_name for j in Queue("cleanup", connection=r).jobs] == ["workers.lifecycle.delete_version"]
+    assert jobqueue.QUEUES[-1] == "cleanup"  # served last: deletes never delay the loop
+
+
+def test_a_queued_rescore_runs_before_the_next_retrain(web, ls, r, context):
+    """One worker under a steady stream of annotations still publishes every trained version."""
+    _set_up(web, ls)
+    drain(r, context)
+    policy = jobqueue.JobPolicy(retries=0)
+    retrain_id, _ = jobqueue.enqueue_retrain(r, 1, policy, "follow-up")
+    rescore = jobqueue.enqueue_rescore(r, 1, ModelStore(context.settings.model_dir / "models").current(1), policy)
+    drain(r, context)
+    retrain, rescore = Job.fetch(retrain_id, connection=r), Job.fetch(rescore.id, connection=r)
+    assert rescore.ended_at <= retrain.started_at

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from rq import Queue
 
-from backend import projects
+from backend import jobqueue, projects
 from backend.embedded import web_command
 from backend.settings import Settings
 from tests.concurrency import at_once
@@ -130,7 +130,7 @@ def test_the_secret_prefix_is_served_and_masked_in_the_access_log(server, r):
 @pytest.mark.faults
 def test_oversized_bodies_are_refused_while_the_client_still_sends(server, r):
     _set_up(server)
-    queued = [Queue(name, connection=r).count for name in ("train", "score")]
+    queued = [Queue(name, connection=r).count for name in jobqueue.QUEUES]
     start = b'{"action": "ANNOTATION_CREATED", "project": {"id": 5}, "pad": "'
     head = (f"POST /{SECRET}/webhook HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
             "Content-Length: 20000000\r\n\r\n").encode()
@@ -142,7 +142,7 @@ def test_oversized_bodies_are_refused_while_the_client_still_sends(server, r):
     chunks = [b"%x\r\n%s\r\n" % (len(start), start)] + [b"10000\r\n" + b"x" * 65536 + b"\r\n"] * 320 + [b"0\r\n\r\n"]
     status, _ = server.raw(chunked, chunks)
     assert status == b"HTTP/1.1 413 REQUEST ENTITY TOO LARGE"
-    assert [Queue(name, connection=r).count for name in ("train", "score")] == queued
+    assert [Queue(name, connection=r).count for name in jobqueue.QUEUES] == queued
     assert r.get(projects.key(5, "changes")) is None
     metrics = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
     metrics.request("GET", "/metrics")

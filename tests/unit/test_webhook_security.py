@@ -14,7 +14,7 @@ import logging
 import pytest
 from rq import Queue
 
-from backend import projects
+from backend import jobqueue, projects
 from backend.app import create_app
 from backend.secret_path import MASK, VIA_SECRET, SecretPathPrefix
 from backend.settings import Settings, SettingsError
@@ -32,7 +32,7 @@ def client(settings):
 
 def _queued(r) -> dict[str, list[str]]:
     return {name: [job.func_name.rsplit(".", 1)[-1] for job in Queue(name, connection=r).jobs]
-            for name in ("train", "score")}
+            for name in jobqueue.QUEUES}
 
 
 def _set_up(client, project_id: int, prefix: str = "", **kwargs) -> None:
@@ -63,7 +63,7 @@ def test_webhook_for_a_project_never_set_up_is_refused_and_changes_nothing(clien
     assert f"project {UNKNOWN} is not set up" in error and "/setup" in error
     assert projects.known_projects(r) == []  # so no reconcile ever tries to reach it
     assert r.keys("al:p:*") == []
-    assert _queued(r) == {"train": [], "score": []}
+    assert _queued(r) == {"train": [], "score": [], "cleanup": []}
     assert "al_webhooks_total{" not in client.get("/metrics").get_data(as_text=True)
 
 
@@ -74,7 +74,7 @@ def test_only_setup_makes_a_project_known(client, r):
     assert projects.known_projects(r) == [UNKNOWN]
     response = client.post("/webhook", json=start)
     assert response.status_code == 200 and response.get_json()["action"] == "retrain"
-    assert _queued(r) == {"train": ["retrain"], "score": ["prepare_project"]}
+    assert _queued(r) == {"train": ["retrain"], "score": ["prepare_project"], "cleanup": []}
 
 
 # 2. Bodies over MAX_BODY_BYTES: 413, unread.
