@@ -15,22 +15,12 @@ from rq.registry import FailedJobRegistry, FinishedJobRegistry
 from backend import jobqueue, projects
 from backend.al.kinds.base import Model
 from backend.app import create_app
-from tests.integration.fake_ls import CONFIG, NULL, POS, FakeLabelStudio
+from tests.integration.fake_ls import CONFIG, NULL, POS
 from tests.integration.workers_helper import InProcessWorker, drain
 from workers.context import WorkerContext
 
 POLICY = jobqueue.JobPolicy(retries=0)
 WITH_MEH = CONFIG.replace('<Choice value="neg"/>', '<Choice value="neg"/><Choice value="meh"/>')
-
-
-@pytest.fixture
-def ls():
-    return FakeLabelStudio.reviews()
-
-
-@pytest.fixture
-def context(settings, ls):
-    return WorkerContext.from_settings(settings, client_factory=ls.client)
 
 
 def _jobs(r, registry, name: str) -> list[Job]:

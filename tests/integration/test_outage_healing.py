@@ -17,17 +17,11 @@ from rq.job import Job
 from rq.registry import FailedJobRegistry, FinishedJobRegistry
 
 from backend import jobqueue, projects
-from tests.integration.fake_ls import FakeLabelStudio
 from tests.integration.workers_helper import BackgroundWorker, InProcessWorker, drain
 from workers import scoring
 from workers.context import WorkerContext
 
 POLICY = jobqueue.JobPolicy(retries=2, backoff=(0,))  # three attempts, no waiting between them
-
-
-@pytest.fixture
-def ls():
-    return FakeLabelStudio.reviews()
 
 
 @pytest.fixture

@@ -12,29 +12,11 @@ from rq.registry import FailedJobRegistry, FinishedJobRegistry
 
 from backend import jobqueue, projects
 from backend.al.store import ModelStore
-from backend.app import create_app
 from backend.labeling import parse_label_config
 from backend.labelstudio import LabelStudioError
-from tests.integration.fake_ls import FakeLabelStudio
 from tests.integration.workers_helper import BackgroundWorker, drain
 from workers.context import WorkerContext
 from workers.task_index import TaskIndex
-
-
-@pytest.fixture
-def ls():
-    return FakeLabelStudio.reviews()
-
-
-@pytest.fixture
-def context(settings, ls):
-    """The workers' context: the test's settings, LS replaced by the fake."""
-    return WorkerContext.from_settings(settings, client_factory=ls.client)
-
-
-@pytest.fixture
-def web(settings):
-    return create_app(settings).test_client()
 
 
 def _finished(r, func: str) -> list[Job]:

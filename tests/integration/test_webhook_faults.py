@@ -17,32 +17,15 @@ from rq.job import Job
 from rq.registry import FinishedJobRegistry, StartedJobRegistry
 
 from backend import jobqueue, projects
-from backend.app import create_app
-from tests.integration.fake_ls import FakeLabelStudio
 from tests.integration.workers_helper import BackgroundWorker, drain
-from workers.context import WorkerContext
 
 STAMP = "2026-11-22T10:00:00.123456Z"
 
 
 @pytest.fixture
-def ls():
-    return FakeLabelStudio.reviews()
-
-
-@pytest.fixture
-def every_change(settings):
+def settings(settings):  # noqa: F811
+    """Every annotation change asks for a retrain (RETRAIN_EVERY=1)."""
     return dataclasses.replace(settings, retrain_every=1)
-
-
-@pytest.fixture
-def context(every_change, ls):
-    return WorkerContext.from_settings(every_change, client_factory=ls.client)
-
-
-@pytest.fixture
-def web(every_change):
-    return create_app(every_change).test_client()
 
 
 def _finished(r, name: str) -> int:
