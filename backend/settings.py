@@ -63,6 +63,9 @@ ENGINE_VARIABLES: dict[str, tuple[str, str]] = {
     "EXPLORATION": ("exploration", "share of the order filled with uniformly random tasks (marked as such)."),
     "WARM_START": ("warm_start",
                    "start training from the previous version's head (off: it cost 3-4 points on AG News)."),
+    "AMBIGUITY": ("ambiguity", "move tasks the model is sure are ambiguous (high entropy, low BALD) behind the "
+                               "rest of the queue (off: it cost the default 0.4-1.1 points without label noise, "
+                               "docs/BENCHMARKS.md)."),
     "DEVICE": ("device", "`auto` (CUDA when available), `cpu`, `cuda` or `cuda:N` for workers."),
     "SEED": ("seed", "seed for training and stochastic ranking."),
 }

@@ -75,3 +75,10 @@ def test_repr_masks_secrets():
     assert "key-1234567890" not in text and "pw-secret" not in text and "s" * 20 not in text
     assert "basic_auth_user='ls'" in text and "label_studio_api_key='***'" in text
     assert "webhook_secret=''" in repr(Settings())
+
+
+def test_ambiguity_routing_is_a_setting_off_by_default():
+    assert Settings.from_env({}).engine.ambiguity is False
+    assert Settings.from_env({"AMBIGUITY": "on"}).engine.ambiguity is True
+    with pytest.raises(SettingsError, match="AMBIGUITY"):
+        Settings.from_env({"AMBIGUITY": "maybe"})
