@@ -1,4 +1,4 @@
-"""Thin RQ glue: the two queues, job options, retrain coalescing and job status.
+"""Thin RQ glue: our queues, job options, retrain coalescing and job status.
 
 Named ``jobqueue`` so that it never shadows the standard library's ``queue``. Jobs are
 enqueued by dotted name (``"workers.training.retrain"``) so the web process never imports
@@ -102,13 +102,19 @@ def enqueue(r: Redis, queue: str, func: str, *args, policy: JobPolicy, descripti
     return job
 
 
-def _status(r: Redis, job_id: str | None) -> JobStatus | None:
+def _fetch(r: Redis, job_id: str | None) -> Job | None:
+    """The job with this id, or None when there is no id or RQ no longer has the job."""
     if not job_id:
         return None
     try:
-        return Job.fetch(job_id, connection=r).get_status(refresh=False)
+        return Job.fetch(job_id, connection=r)
     except NoSuchJobError:
         return None
+
+
+def _status(r: Redis, job_id: str | None) -> JobStatus | None:
+    job = _fetch(r, job_id)
+    return job.get_status(refresh=False) if job is not None else None
 
 
 def _decode(value: object) -> str | None:
@@ -158,7 +164,8 @@ def retrain_ended(r: Redis, project_id: int, job_id: str, policy: JobPolicy) -> 
 def enqueue_rescore(r: Redis, project_id: int, version: str | None, policy: JobPolicy) -> Job:
     """Score the pool with a model version (None: cold start) and publish the priorities.
 
-    Enqueued at the front: a new order must not wait behind slow deletions of old predictions.
+    Enqueued at the front of the score queue: a new order goes before new-task scoring and
+    project preparation.
     """
     job = enqueue(r, SCORE, "workers.scoring.rescore", int(project_id), version, policy=policy,
                   description=f"rescore project {project_id} with {version or 'cold start'}",
@@ -181,13 +188,7 @@ def enqueue_rescore_once(r: Redis, project_id: int, version: str | None, policy:
 
 def latest_rescore(r: Redis, project_id: int) -> Job | None:
     """The project's newest rescore job, or None when RQ no longer has it."""
-    job_id = _decode(r.get(key(project_id, "rescore:latest")))
-    if not job_id:
-        return None
-    try:
-        return Job.fetch(job_id, connection=r)
-    except NoSuchJobError:
-        return None
+    return _fetch(r, _decode(r.get(key(project_id, "rescore:latest"))))
 
 
 def rescore_under_way(r: Redis, project_id: int) -> bool:
@@ -253,11 +254,8 @@ def schedule_reconcile_if_due(r: Redis, interval: int, policy: JobPolicy) -> Job
 
 def job_status(r: Redis, job_id: str) -> dict | None:
     """Status, progress and error of a job, or None when RQ does not know the id."""
-    try:
-        job = Job.fetch(job_id, connection=r)
-    except NoSuchJobError:
-        return None
-    return describe(job)
+    job = _fetch(r, job_id)
+    return describe(job) if job is not None else None
 
 
 def project_jobs(r: Redis, project_id: int) -> list[dict]:

@@ -87,6 +87,15 @@ def save_connection(r: Redis, project_id: int, hostname: str, access_token: str)
         r.hset(key(project_id, "conn"), mapping=values)
 
 
+def ls_endpoint(r: Redis, project_id: int, url: str, api_key: str) -> tuple[str, str]:
+    """Where to reach LS for a project and with which token: the configured URL and
+    LABEL_STUDIO_API_KEY when a key is set, else the hostname and token LS sent at /setup."""
+    if api_key:
+        return url, api_key
+    conn = connection(r, project_id)
+    return conn.get("hostname") or url, conn.get("access_token", "")
+
+
 def connection(r: Redis, project_id: int) -> dict[str, str]:
     """The hostname/access_token LS sent at /setup ({} if none)."""
     raw = r.hgetall(key(project_id, "conn"))

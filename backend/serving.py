@@ -6,7 +6,6 @@ not be initialised before a fork; /predict batches are small and the head is che
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections import OrderedDict
 from dataclasses import replace
@@ -19,7 +18,6 @@ from backend.labeling import TaskSpec, predictions, task_text
 from backend.settings import Settings
 
 _MODEL_CACHE_SIZE = 4
-log = logging.getLogger(__name__)
 
 
 def confidence(probs: list[float], multilabel: bool) -> float:
@@ -60,13 +58,7 @@ class Predictor:
             if cache_key in self._models:
                 self._models.move_to_end(cache_key)
                 return self._models[cache_key]
-        from backend.al.store import CheckpointError
-
-        try:
-            model = self._store.load(project_id, version)
-        except CheckpointError as exc:  # answered like "no model yet"; the next retrain writes a new one
-            log.warning("project %s: %s", project_id, exc)
-            return None
+        model = self._store.try_load(project_id, version)  # unreadable: answered like "no model yet"
         if model is None:
             return None
         with self._lock:
@@ -84,7 +76,7 @@ class Predictor:
         if not version or projects.is_cold_start(version):
             version = store.current(project_id)
         model = self._model(project_id, version) if version else None
-        if model is None or list(model.classes) != spec.classes or model.multilabel != spec.multilabel:
+        if model is None or not model.fits(spec.classes, spec.multilabel):
             return predictions(spec, projects.cold_start_version(project_id), [0.0] * len(texts))
         probs = learner.predict_proba(model, texts).tolist() if texts else []
         scores = [round(confidence(row, spec.multilabel), 6) for row in probs]

@@ -77,9 +77,7 @@ def audit_status(r: Redis, project_id: int) -> dict:
 
 def project_links(r: Redis, settings: Settings, project_id: int) -> dict:
     """Links into Label Studio: the project's Data Manager and its model settings."""
-    base = settings.label_studio_url
-    if not settings.label_studio_api_key:  # the workers use the URL LS sent at /setup then
-        base = projects.connection(r, project_id).get("hostname") or base
+    base, _ = projects.ls_endpoint(r, project_id, settings.label_studio_url, settings.label_studio_api_key)
     base = base.rstrip("/")
     return {"project": f"{base}/projects/{int(project_id)}/data",
             "settings": f"{base}/projects/{int(project_id)}/settings/ml"}

@@ -90,14 +90,8 @@ class WorkerContext:
     def usable_model(self, project_id: int, version: str, spec: TaskSpec) -> Model | None:
         """The checkpoint of ``version`` if it can label tasks of ``spec``; None (logged) when it is
         missing, unreadable (e.g. truncated) or trained on another label set."""
-        from backend.al.store import CheckpointError
-
-        try:
-            model = self.store.load(project_id, version)
-        except CheckpointError as exc:
-            log.warning("project %s: %s", project_id, exc)
-            return None
-        if model is not None and (model.classes != spec.classes or model.multilabel != spec.multilabel):
+        model = self.store.try_load(project_id, version)
+        if model is not None and not model.fits(spec.classes, spec.multilabel):
             log.warning("project %s: %s was trained on the labels %s, the project now has %s",
                         project_id, version, model.classes, spec.classes)
             return None
@@ -105,12 +99,8 @@ class WorkerContext:
 
     def client(self, r: Redis, project_id: int):
         """An LS client: LABEL_STUDIO_API_KEY first, else the URL and token LS sent at /setup."""
-        url, api_key = self.settings.label_studio_url, self.settings.label_studio_api_key
-        if not api_key:
-            conn = projects.connection(r, project_id)
-            url = conn.get("hostname") or url
-            api_key = conn.get("access_token", "")
-        return self.client_factory(url, api_key)
+        return self.client_factory(*projects.ls_endpoint(r, project_id, self.settings.label_studio_url,
+                                                         self.settings.label_studio_api_key))
 
     def sync_project(self, r: Redis, project_id: int) -> SyncedProject:
         """Read the project and its label config from LS and bring its task index up to date."""

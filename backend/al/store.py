@@ -14,6 +14,7 @@ are kept.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import secrets
@@ -25,6 +26,7 @@ import torch
 from backend.al.embeddings import atomic_write
 from backend.al.kinds.base import Model
 
+log = logging.getLogger(__name__)
 _VERSION = re.compile(r"^p(\d+)-v(\d{4,})-([0-9a-f]{6})$")
 
 
@@ -93,6 +95,15 @@ class ModelStore:
         except Exception as exc:  # torch raises a zoo of types for a damaged file: OSError, RuntimeError, ...
             raise CheckpointError(f"checkpoint {version} of project {int(project_id)} is unreadable "
                                   f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]})") from exc
+
+    def try_load(self, project_id: int, version: str | None = None) -> Model | None:
+        """Like :meth:`load`, but an unreadable checkpoint is logged and answered with None:
+        for callers that treat it as "no model" (a retrain writes a new one)."""
+        try:
+            return self.load(project_id, version)
+        except CheckpointError as exc:
+            log.warning("project %s: %s", int(project_id), exc)
+            return None
 
     def reset(self, project_id: int) -> None:
         """Forget the current version (e.g. the label config changed); checkpoints stay until pruned."""

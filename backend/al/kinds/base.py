@@ -40,6 +40,10 @@ class Model:
     arch: dict[str, Any] = field(default_factory=dict)
     stats: dict[str, Any] = field(default_factory=dict)
 
+    def fits(self, classes: Sequence[str], multilabel: bool) -> bool:
+        """Whether the model labels exactly these classes, in this order, single or multiple choice."""
+        return list(self.classes) == list(classes) and self.multilabel == multilabel
+
     def to_dict(self) -> dict[str, Any]:
         """Plain types and tensors only, loadable with ``torch.load(weights_only=True)``."""
         return {"format": FORMAT, "classes": list(self.classes), "multilabel": self.multilabel,
