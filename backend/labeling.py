@@ -100,7 +100,7 @@ def task_text(task: dict, spec: TaskSpec) -> str:
     data = task.get("data") if isinstance(task, dict) else None
     if not isinstance(data, dict) or data.get(spec.value_key) is None:
         task_id = task.get("id") if isinstance(task, dict) else None
-        raise TaskDataError(f"task {task_id} has no data field {spec.value_key!r}")
+        raise TaskDataError(f"task {task_id!r:.40} has no data field {spec.value_key!r}")  # repr: one line
     value = data[spec.value_key]
     text = value if isinstance(value, str) else str(value)
     try:
