@@ -14,7 +14,9 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
+from backend import jobqueue
 from backend.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -43,9 +45,9 @@ def web_command(settings: Settings) -> list[str]:
             "--access-logfile", "-", "backend.app:create_app()"]
 
 
-def worker_command() -> list[str]:
-    """One RQ worker with our settings."""
-    return [sys.executable, "-m", "workers"]
+def worker_command(queues: Sequence[str] | None = None) -> list[str]:
+    """One RQ worker with our settings, on ``queues`` (default: every queue)."""
+    return [sys.executable, "-m", "workers"] + (["--queues", ",".join(queues)] if queues else [])
 
 
 @dataclass
@@ -109,8 +111,12 @@ def start(settings: Settings, environ: dict[str, str] | None = None) -> Stack:
     if not settings.redis_url:
         stack.redis_server = start_redis(Path(settings.model_dir))
         env["REDIS_URL"] = redis_url_of(stack.redis_server)
+        loop = [q for q in jobqueue.QUEUES if q != jobqueue.CLEANUP]
         for _ in range(settings.embedded_workers):
-            stack.spawn(worker_command(), env, restart=True)
+            stack.spawn(worker_command(loop), env, restart=True)
+        # Deleting a superseded version's predictions takes LS minutes on SQLite (docs/BENCHMARKS.md,
+        # "The loop at scale"): its own worker, so it never holds up a retrain or a re-score.
+        stack.spawn(worker_command([jobqueue.CLEANUP]), env, restart=True)
     stack.spawn(web_command(settings), env)
     return stack
 
@@ -126,7 +132,7 @@ def run(settings: Settings) -> int:
     signal.signal(signal.SIGTERM, request_stop)
     stack = start(settings)
     mode = "external Redis, web only" if settings.redis_url else (
-        f"embedded Redis + {settings.embedded_workers} worker(s)")
+        f"embedded Redis + {settings.embedded_workers} worker(s) + 1 clean-up worker")
     log.info("serving on http://%s:%s (%s)", settings.host, settings.port, mode)
     status = 0
     try:

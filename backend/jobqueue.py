@@ -15,7 +15,14 @@ A request with a pending retrain is absorbed by it; a request while one runs (an
 pending) marks ``again``; when the running job ends, ``again`` becomes exactly one follow-up.
 
   al:p:<id>:rescore:latest   id of the project's newest rescore (what reconcile checks before
-                             publishing a version whose publish ran out of retries)
+                             publishing a version whose publish ran out of retries); a sharded
+                             rescore hands it on to its fan-in, ``publish_ranking``
+
+A pool larger than SHARD_SIZE is re-scored in shards (:func:`enqueue_shards`): ``score_shard``
+jobs on the shard queue, which any worker serves, then one ``publish_ranking`` job that RQ
+defers until every shard has ended (``allow_failure``: a shard that failed for good still
+releases it, and it refuses to publish a partial ranking, so the project never waits on a
+deferred job forever).
 """
 
 from __future__ import annotations
@@ -26,9 +33,8 @@ from datetime import datetime
 
 from redis import Redis
 from rq import Callback, Queue, Retry
-from rq.dependency import Dependency
 from rq.exceptions import NoSuchJobError
-from rq.job import Job, JobStatus
+from rq.job import Dependency, Job, JobStatus
 from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 
 from backend import metrics, projects
@@ -37,17 +43,21 @@ from backend.settings import Settings
 
 TRAIN = "train"
 SCORE = "score"
+SHARD = "shard"
 CLEANUP = "cleanup"
 # The order a worker serves them in. Scoring first: a trained version is published before the
 # next retrain starts, so a steady stream of annotations (each retrain ending with a follow-up
 # queued) cannot starve the re-scores and leave LS's priorities stale (measured with one worker:
 # 7 retrains and no re-score in 60 s of load, docs/RELIABILITY.md). Clean-up last: deleting a
-# superseded version's predictions takes LS 18-40 s and must never delay the loop.
-QUEUES = (SCORE, TRAIN, CLEANUP)
+# superseded version's predictions takes LS 18-40 s and must never delay the loop. Shards of a
+# sharded re-score have a queue of their own, so that a machine can serve only them (its workers
+# need MODEL_DIR but neither LS nor the task index: README, "Scaling out").
+QUEUES = (SCORE, SHARD, TRAIN, CLEANUP)
 RECONCILE_LOCK = "al:reconcile:next"
 BACKOFF = (10, 60, 300)  # seconds between retries; the last one repeats
 _WAITING = {JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED}
 _LOCK_SECONDS = 10
+_RESCORE_JOBS = ("workers.scoring.rescore", "workers.scoring.score_shard", "workers.scoring.publish_ranking")
 
 
 @dataclass(frozen=True)
@@ -83,17 +93,18 @@ def get_queue(r: Redis, name: str) -> Queue:
 
 def enqueue(r: Redis, queue: str, func: str, *args, policy: JobPolicy, description: str,
             timeout: int | None = None, at_front: bool = False, project: int | None = None,
-            depends_on: Dependency | Job | str | list[Job | str] | None = None) -> Job:
+            depends_on: Dependency | Job | str | list[Job | str] | None = None, job_id: str | None = None) -> Job:
     """Enqueue a job function by dotted name with our options, count it, and list it under
     ``project`` (for GET /jobs?project=<id>) when it works on one.
 
     ``depends_on`` (jobs, ids, or an ``rq.Dependency``) defers the job until those finished
-    successfully, e.g. one pool-wide job after the shards it gathers.
+    successfully, e.g. one pool-wide job after the shards it gathers. ``job_id`` (default:
+    random) lets a caller name a job before it exists, e.g. a fan-in its shards report to.
     """
     job = get_queue(r, queue).enqueue_call(
         func, args=args, timeout=timeout or policy.timeout, result_ttl=policy.result_ttl,
         failure_ttl=policy.failure_ttl, ttl=policy.ttl, retry=policy.retry(),
-        description=description, at_front=at_front, depends_on=depends_on,
+        description=description, at_front=at_front, depends_on=depends_on, job_id=job_id,
         on_success=Callback(metrics.on_job_success), on_failure=Callback(metrics.on_job_failure),
     )
     metrics.inc(r, "al_jobs_enqueued_total", {"job": func.rsplit(".", 1)[-1]})
@@ -174,6 +185,27 @@ def enqueue_rescore(r: Redis, project_id: int, version: str | None, policy: JobP
     return job
 
 
+def enqueue_shards(r: Redis, project_id: int, version: str | None, run: str, shards: int,
+                   policy: JobPolicy, rescore_id: str) -> Job:
+    """Fan a re-score out: ``shards`` shard jobs on the shard queue, then their fan-in
+    ``publish_ranking`` on the score queue, whose job id is ``run`` (the shards' folder and
+    progress target).
+
+    The fan-in becomes the project's latest rescore (what reconcile and ``rescore_under_way``
+    look at) unless a newer rescore was enqueued meanwhile (``rescore_id``: the fanning-out job).
+    """
+    what = f"project {project_id} with {version or 'cold start'}"
+    jobs = [enqueue(r, SHARD, "workers.scoring.score_shard", int(project_id), version, index, run, policy=policy,
+                    description=f"score shard {index + 1}/{shards} of {what}") for index in range(shards)]
+    fan_in = enqueue(r, SCORE, "workers.scoring.publish_ranking", int(project_id), version, run, shards,
+                     policy=policy, description=f"rank and publish {shards} shards of {what}", project=project_id,
+                     job_id=run, depends_on=Dependency(jobs=jobs, allow_failure=True, enqueue_at_front=True))
+    with r.lock(key(project_id, "rescore:lock"), timeout=_LOCK_SECONDS, blocking_timeout=_LOCK_SECONDS):
+        if _decode(r.get(key(project_id, "rescore:latest"))) == rescore_id:
+            r.set(key(project_id, "rescore:latest"), fan_in.id, ex=policy.failure_ttl)
+    return fan_in
+
+
 def enqueue_rescore_once(r: Redis, project_id: int, version: str | None, policy: JobPolicy) -> Job | None:
     """Enqueue a rescore unless one of the project already waits or runs (then None).
 
@@ -194,13 +226,15 @@ def latest_rescore(r: Redis, project_id: int) -> Job | None:
 def rescore_under_way(r: Redis, project_id: int) -> bool:
     """Whether a rescore of the project waits (in a queue, for a retry) or runs now.
 
-    Besides the newest rescore, any running one counts: an older one may still be publishing.
+    Besides the newest rescore, any running one (or a shard or fan-in of one) counts: an older
+    one may still be publishing.
     """
     latest = latest_rescore(r, project_id)
     if latest is not None and latest.get_status(refresh=False) in _WAITING | {JobStatus.STARTED}:
         return True
-    running = Job.fetch_many(StartedJobRegistry(SCORE, connection=r).get_job_ids(cleanup=False), connection=r)
-    return any(job is not None and job.func_name == "workers.scoring.rescore" and job.args[0] == int(project_id)
+    ids = [i for queue in (SCORE, SHARD) for i in StartedJobRegistry(queue, connection=r).get_job_ids(cleanup=False)]
+    running = Job.fetch_many(ids, connection=r)
+    return any(job is not None and job.func_name in _RESCORE_JOBS and job.args[0] == int(project_id)
                for job in running)
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 # Control tags we cannot learn from; any of them in a config is refused with a clear reason.
@@ -22,6 +22,30 @@ _SINGLE_MODES = ("single", "single-radio")
 _SURROGATES = re.compile("[\ud800-\udfff]")
 
 
+QUEUE_TOP = 0.5
+AMBIGUOUS_SCORE = 0.75
+AMBIGUOUS_ABOVE = (QUEUE_TOP + AMBIGUOUS_SCORE) / 2
+AMBIGUOUS_VIEW = "Ambiguous"
+"""Prediction scores with ambiguity routing on (off by default; priorities are in [0, 1] then).
+
+LS 1.23 drops every prediction whose score is outside [0, 1] ("Score must be between 0.00 and
+1.00", logged, the rest imported; tests/e2e/test_ambiguous_view.py), so the set-aside range is
+reserved inside it: queued tasks' priorities are scaled into [0, QUEUE_TOP], tasks set aside as
+ambiguous get [AMBIGUOUS_SCORE, 1] by their place among themselves. LS's uncertainty sampling
+(lowest score first) serves them after every queued task of the version, and the Data Manager
+view "Ambiguous" shows the tasks scored above AMBIGUOUS_ABOVE."""
+
+
+def queued_score(priority: float) -> float:
+    """The prediction score of a queued task of priority in [0, 1], with ambiguity routing on."""
+    return QUEUE_TOP * min(max(float(priority), 0.0), 1.0)
+
+
+def set_aside_score(priority: float) -> float:
+    """The prediction score of a task set aside as ambiguous whose priority among them is in [0, 1]."""
+    return AMBIGUOUS_SCORE + (1.0 - AMBIGUOUS_SCORE) * min(max(float(priority), 0.0), 1.0)
+
+
 class LabelConfigError(ValueError):
     """The label config is not one this backend can learn (message: one line, shown in LS)."""
 
@@ -32,13 +56,26 @@ class TaskDataError(ValueError):
 
 @dataclass(frozen=True)
 class TaskSpec:
-    """What to learn: the Choices control, the Text it labels and the task data key it reads."""
+    """What to learn: the Choices control, the Text it labels and the task data key it reads.
+
+    ``classes`` are what annotation results carry (a choice's ``alias`` when it has one, else its
+    ``value``); ``names`` describe them in words, one per class (the choice's ``hint``, else the
+    ``value`` LS displays), for the zero-shot cold start.
+    """
 
     from_name: str
     to_name: str
     value_key: str
     classes: list[str]
     multilabel: bool
+    names: tuple[str, ...] = field(default=(), compare=False)
+
+    def zero_shot_names(self) -> list[str] | None:
+        """The names the cold start ranks and pre-annotates by, or None for multiple choice
+        (the zero-shot softmax assumes one answer per text)."""
+        if self.multilabel:
+            return None
+        return list(self.names or self.classes)
 
 
 def parse_label_config(xml: str) -> TaskSpec:
@@ -77,7 +114,9 @@ def _spec_from_choices(control: ET.Element, tags: list[ET.Element]) -> TaskSpec:
     value = target.get("value") or ""
     if not value.startswith("$") or len(value) < 2:
         raise LabelConfigError(f"<Text name={to_name!r}> needs value=\"$field\"")
-    classes = [c.get("value") or c.get("alias") or "" for c in control if c.tag.lower() == "choice"]
+    options = [c for c in control if c.tag.lower() == "choice"]
+    # LS writes a choice's alias, when it has one, into the results instead of its value.
+    classes = [c.get("alias") or c.get("value") or "" for c in options]
     if any(not c for c in classes):
         raise LabelConfigError("every <Choice> needs a value")
     if len(classes) < 2:
@@ -87,7 +126,8 @@ def _spec_from_choices(control: ET.Element, tags: list[ET.Element]) -> TaskSpec:
     mode = (control.get("choice") or "single").lower()
     if mode not in _SINGLE_MODES + ("multiple",):
         raise LabelConfigError(f"<Choices choice={mode!r}> is not single, single-radio or multiple")
-    return TaskSpec(from_name, to_name, value[1:], classes, mode == "multiple")
+    names = tuple(c.get("hint") or c.get("value") or c.get("alias") or "" for c in options)
+    return TaskSpec(from_name, to_name, value[1:], classes, mode == "multiple", names)
 
 
 def task_text(task: dict, spec: TaskSpec) -> str:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import httpx
 from label_studio_sdk import LabelStudio
@@ -32,8 +32,12 @@ IMPORT_CHUNK = 2000
 """Predictions per import request: big enough to amortise a request, small enough to stay well under timeouts."""
 DELETE_TIMEOUT = 900.0
 """LS deletes predictions one row at a time (a per-row signal updates task counters): ~4 ms each on SQLite."""
-ALL_TASKS = 1_000_000_000
-"""A page size larger than any project: LS's task list has no page size cap unless TASK_API_PAGE_SIZE_MAX is set."""
+DELETE_CHUNK = 50
+"""Predictions :meth:`LabelStudioClient.delete_predictions_in_chunks` deletes between two checks whether to stop."""
+LIST_PAGE = 10_000
+"""Tasks per listing request: one page up to 10k tasks; larger projects in pages, so that no single
+request outgrows the client timeout (listing 50k tasks in one page took LS over 60 s on a busy
+2-core machine, scripts/bench_loop.py)."""
 
 
 class LabelStudioError(RuntimeError):
@@ -114,8 +118,13 @@ class LabelStudioClient:
         with self._call(f"set sampling of project {project_id}"):
             self._sdk.projects.update(project_id, sampling=sampling)
 
-    def ensure_view(self, project_id: int, title: str = "Active learning queue") -> int:
-        """Id of the Data Manager tab `title` ordered by prediction score; created if missing."""
+    def ensure_view(self, project_id: int, title: str = "Active learning queue",
+                    score_above: float | None = None) -> int:
+        """Id of the Data Manager tab `title` ordered by prediction score; created if missing.
+
+        With `score_above` the tab shows only tasks whose prediction score (of the project's
+        model_version) is above it: the "Ambiguous" tab, see ``labeling.AMBIGUOUS_SCORE``.
+        """
         with self._call(f"list views of project {project_id}"):
             views = self._sdk.views.list(project=project_id)
         for view in views:
@@ -123,6 +132,11 @@ class LabelStudioClient:
                 return int(view.id)
         data = {"title": title, "ordering": ["tasks:predictions_score"], "type": "list",
                 "hiddenColumns": self._queue_hidden_columns(project_id)}
+        if score_above is not None:
+            data["filters"] = {"conjunction": "and", "items": [
+                {"filter": "filter:tasks:predictions_score", "operator": "greater", "type": "Number",
+                 "value": score_above},
+            ]}
         with self._call(f"create view {title!r} in project {project_id}"):
             view = self._sdk.views.create(project=project_id, data=data)
         return int(view.id)
@@ -213,23 +227,60 @@ class LabelStudioClient:
             raise LabelStudioError(f"delete predictions of {model_version!r}: unexpected answer {_one_line(body)}")
         return int(body["deleted_predictions"])
 
+    def prediction_ids(self, project_id: int, model_version: str) -> list[int]:
+        """Ids of `model_version`'s predictions in the project, ascending (LS lists all, unpaged)."""
+        what = f"list predictions of {model_version!r} in project {project_id}"
+        body = self._request("GET", "/api/predictions/", what, params={"project": project_id},
+                             timeout=max(self.timeout, DELETE_TIMEOUT))
+        if not isinstance(body, list):
+            raise LabelStudioError(f"{what}: unexpected answer {_one_line(body)}")
+        return sorted(int(p["id"]) for p in body if isinstance(p, dict) and p.get("model_version") == model_version)
+
+    def delete_predictions_in_chunks(self, project_id: int, model_version: str, chunk: int = DELETE_CHUNK,
+                                     should_stop: Callable[[], bool] = lambda: False) -> tuple[int, bool]:
+        """Delete `model_version`'s predictions one per request, asking ``should_stop()`` every
+        `chunk`; returns (how many were deleted, whether none is left).
+
+        LS deletes a whole version in one transaction, and on SQLite that locks the database
+        for all of it (~4-20 ms a prediction): LS's other writes (an annotator's submit, our
+        next import) wait, or fail with "database is locked" after SQLite's 5 s. One request
+        per prediction holds the lock for one row, so a caller that stops when other work
+        waits (and re-queues the rest) delays that work by at most one chunk. Project.model_version
+        is never cleared by this path.
+        """
+        if not model_version:
+            raise LabelStudioError("delete predictions: an empty model_version would delete all predictions")
+        if chunk < 1:
+            raise LabelStudioError(f"delete predictions: chunk={chunk} must be >= 1")
+        ids = self.prediction_ids(project_id, model_version)
+        for done, prediction_id in enumerate(ids):
+            if done and done % chunk == 0 and should_stop():
+                return done, False
+            what = f"delete prediction {prediction_id} of {model_version!r} in project {project_id}"
+            try:
+                self._request("DELETE", f"/api/predictions/{prediction_id}/", what)
+            except LabelStudioError as exc:
+                if "HTTP 404" not in str(exc):  # gone already (a concurrent clean-up): that is the goal
+                    raise
+        return len(ids), True
+
     # -- plumbing --------------------------------------------------------------------------
 
     def _tasks(self, project_id: int, include: str, query: dict | None, what: str,
                all_fields: bool = False) -> list[dict]:
-        """Every matching task, with only the `include`d fields serialized, in as few pages as LS allows.
+        """Every matching task, with only the `include`d fields serialized, in pages of LIST_PAGE.
 
         The SDK's pager would parse every task into a model and ask for a page past the end;
         at 10k tasks that doubles the time. `review=true` keeps LS from calling a connected ML
         backend for tasks without predictions while listing (evaluate_predictions_automatically).
         """
-        params: dict[str, Any] = {"project": project_id, "include": include, "page_size": ALL_TASKS,
+        params: dict[str, Any] = {"project": project_id, "include": include, "page_size": LIST_PAGE,
                                   "review": "true", "fields": "all" if all_fields else "task_only"}
         if query is not None:
             params["query"] = json.dumps(query)
         tasks: list[dict] = []
         page = 1
-        while True:  # one page, unless the server caps page sizes (TASK_API_PAGE_SIZE_MAX)
+        while True:  # LIST_PAGE at a time, or less where the server caps page sizes (TASK_API_PAGE_SIZE_MAX)
             body = self._request("GET", "/api/tasks", what, params={**params, "page": page})
             batch = body.get("tasks") if isinstance(body, dict) else None
             if not isinstance(batch, list):

@@ -10,6 +10,7 @@ Keys (prefix ``al:``):
   al:p:<id>:published       model version whose predictions are live in LS
   al:p:<id>:importing       version a publish is writing (cleared after the switch)
   al:p:<id>:jobs            ids of the project's latest jobs, newest first (capped, expires)
+  al:p:<id>:ambiguous_view  id of the "Ambiguous" Data Manager view once made (ambiguity routing)
 """
 
 from __future__ import annotations
@@ -198,6 +199,17 @@ def clear_importing_version_if(r: Redis, project_id: int, version: str) -> bool:
     """Clear the importing mark only if it still names ``version`` (a new publish may have set
     its own); True when cleared."""
     return bool(r.eval(_DELETE_IF_EQUAL, 1, key(project_id, "importing"), version))
+
+
+def ambiguous_view(r: Redis, project_id: int) -> int | None:
+    """The id of the project's "Ambiguous" Data Manager view, None until it is made."""
+    value = _get(r, key(project_id, "ambiguous_view"))
+    return None if value is None else int(value)
+
+
+def set_ambiguous_view(r: Redis, project_id: int, view_id: int) -> None:
+    """Record that the project's "Ambiguous" view exists (so it is made once)."""
+    r.set(key(project_id, "ambiguous_view"), int(view_id))
 
 
 def record_job(r: Redis, project_id: int, job_id: str) -> None:

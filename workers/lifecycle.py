@@ -10,12 +10,14 @@ from redis import Redis
 from rq.job import JobStatus
 
 from backend import audits, jobqueue, projects
+from backend.labeling import AMBIGUOUS_ABOVE, AMBIGUOUS_VIEW
 from workers.context import WorkerContext, current_job, takes_context
 
 
 @takes_context
 def prepare_project(context: WorkerContext, project_id: int) -> dict:
-    """First contact: uncertainty sampling, the queue view, then a first ranking or model."""
+    """First contact: uncertainty sampling, the queue view (and the "Ambiguous" view with ambiguity
+    routing on), then a first ranking or model."""
     r, settings = current_job().connection, context.settings
     client = context.client(r, project_id)
     done = {}
@@ -24,6 +26,8 @@ def prepare_project(context: WorkerContext, project_id: int) -> dict:
         done["sampling"] = "Uncertainty sampling"
     if settings.setup_view:
         done["view"] = client.ensure_view(project_id, "Active learning queue")
+        if settings.engine.ambiguity:
+            done["ambiguous_view"] = _ambiguous_view(r, client, project_id)
     if context.store.current(project_id) is None:
         if client.count_annotations(project_id) > 0:
             done["retrain"] = jobqueue.enqueue_retrain(r, project_id, context.policy, "first contact")[0]
@@ -65,8 +69,19 @@ def reconcile(context: WorkerContext) -> dict:
     return {"enqueued": enqueued}
 
 
+def _ambiguous_view(r: Redis, client, project_id: int) -> int:
+    """Make the Data Manager view "Ambiguous" (tasks scored in the set-aside range, see
+    ``labeling.AMBIGUOUS_SCORE``) if missing, and remember it."""
+    view_id = client.ensure_view(project_id, AMBIGUOUS_VIEW, score_above=AMBIGUOUS_ABOVE)
+    projects.set_ambiguous_view(r, project_id, view_id)
+    return view_id
+
+
 def _reconcile_project(context: WorkerContext, r: Redis, project_id: int) -> dict:
     client = context.client(r, project_id)
+    settings = context.settings
+    if settings.setup_view and settings.engine.ambiguity and projects.ambiguous_view(r, project_id) is None:
+        _ambiguous_view(r, client, project_id)  # routing turned on after the project's first contact
     count = client.count_annotations(project_id)
     trained = projects.trained_count(r, project_id) or 0
     if count != trained:

@@ -3,25 +3,53 @@
 ``rescore`` orders the whole pool and publishes it; ``score_new_tasks`` places just-created tasks
 in the live order. ``publish`` is the one write path, predictions first and then the
 ``model_version`` switch, ordered so that a failure at any point leaves LS sampling by the
-previous version. ``predictions_to_publish`` and ``percentile_scores`` are pure.
+previous version. ``predictions_to_publish``, ``percentile_scores`` and ``shard_bounds`` are pure.
+
+A pool of more than SHARD_SIZE tasks is scored in shards (README, "Scaling out"). ``rescore``
+then writes the pool's snapshot, one input file per shard, and fans out: ``score_shard`` jobs
+(shard queue), run by any worker, score their slice (the per-task step) and save its
+TaskScores; ``publish_ranking``, deferred by RQ until every shard has ended, merges them, orders
+the pool once and publishes exactly as ``rescore`` does, so the ranking is the single job's
+given the same embeddings (cold shards encode in other batches than one job, which moves
+embeddings by rounding). The run's folder, shared by every worker through MODEL_DIR, is removed
+once it is published or superseded::
+
+    <MODEL_DIR>/shards/<project>/<run = the fan-in's job id>/
+        input-00000.json   {"ids": [...], "texts": [...]}: shard 0's slice of the snapshot
+        scores-00000.pt    shard 0's TaskScores (ids, values, probs, ambiguous, strategy)
 """
 
 from __future__ import annotations
 
 import bisect
+import json
 import logging
+import shutil
+import time
+import uuid
+from pathlib import Path
 from typing import Callable
 
+import torch
 from redis import Redis
+from rq.exceptions import NoSuchJobError
+from rq.job import Job, JobStatus
 
 from backend import audits, jobqueue, metrics, projects
+from backend.al.embeddings import atomic_write
+from backend.al.ranking import TaskScores
 from backend.al.stopping import stability, stop_set
 from backend.jobqueue import JobPolicy, enqueue_cleanup
-from backend.labeling import TaskSpec, labels_from_probs, predictions
-from workers.context import WorkerContext, current_job, report_progress, takes_context
+from backend.labeling import TaskSpec, labels_from_probs, predictions, queued_score, set_aside_score
+from workers.context import SyncedProject, WorkerContext, current_job, report_progress, takes_context
 
 log = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]
+SHARDS_DIR = "shards"  # under MODEL_DIR: the folders of sharded re-scores under way
+
+
+class ShardsIncomplete(RuntimeError):
+    """A sharded re-score's fan-in found shards without scores: it publishes nothing."""
 
 
 @takes_context
@@ -42,18 +70,202 @@ def rescore(context: WorkerContext, project_id: int, version: str | None) -> dic
         model = context.usable_model(project_id, version, project.spec) if version else None
         if version and model is None:
             return _retrain_instead(context, r, project_id, version)
-        ranking = context.learner.rank(model, texts, ids=ids, progress=report_progress("scoring"))
-        batch = predictions_to_publish(ids, ranking, project.spec, name, context.settings.publish_top_k)
-        if not publish(r, project.client, project_id, name, batch, context.policy,
-                       ls_version=project.info.get("model_version"), progress=report_progress("publishing"),
-                       still_current=lambda: store.current(project_id) == version):
-            log.info("project %s: %s was superseded while it was imported; not switched", project_id, name)
-            return {"skipped": True, "reason": "superseded while publishing", "version": version}
-        project.index.set_values(dict(zip(ids, ranking.values.tolist(), strict=True)), replace_all=True)
-        if version:
-            record_audit(r, project_id, version, ids, ranking, project.spec, context.settings.publish_top_k)
+        bounds = shard_bounds(len(ids), context.settings.shard_size)
+        label_names = project.spec.zero_shot_names()  # what a cold start scores zero-shot against
+        if len(bounds) > 1:
+            return _fan_out(context, r, project_id, version, ids, texts, bounds, label_names)
+        ranking = context.learner.rank(model, texts, ids=ids, progress=report_progress("scoring"),
+                                       label_names=label_names)
+        return _publish_ranked(context, r, project, project_id, version, ids, ranking)
+
+
+def _publish_ranked(context: WorkerContext, r: Redis, project: SyncedProject, project_id: int,
+                    version: str | None, ids: list[int], ranking) -> dict:
+    """Publish a pool's ranking as ``version`` (None: cold start), then keep its values and audit."""
+    store, top_k = context.store, context.settings.publish_top_k
+    name = version or projects.cold_start_version(project_id)
+    batch = predictions_to_publish(ids, ranking, project.spec, name, top_k)
+    if not publish(r, project.client, project_id, name, batch, context.policy,
+                   ls_version=project.info.get("model_version"), progress=report_progress("publishing"),
+                   still_current=lambda: store.current(project_id) == version):
+        log.info("project %s: %s was superseded while it was imported; not switched", project_id, name)
+        return {"skipped": True, "reason": "superseded while publishing", "version": version}
+    project.index.set_values(dict(zip(ids, ranking.values.tolist(), strict=True)), replace_all=True)
+    if version:
+        record_audit(r, project_id, version, ids, ranking, project.spec, top_k)
     metrics.inc(r, "al_tasks_scored_total", amount=len(batch))
     return {"skipped": False, "version": version, "published": len(batch), "pool": len(ids)}
+
+
+def shard_bounds(n: int, shard_size: int) -> list[tuple[int, int]]:
+    """[start, end) slices cutting a pool of n tasks into ceil(n / shard_size) shards whose sizes
+    differ by at most one; a single slice when shard_size is 0 or the pool fits (pure)."""
+    if n < 0 or shard_size < 0:
+        raise ValueError(f"need n >= 0 and shard_size >= 0, got n={n}, shard_size={shard_size}")
+    count = 1 if shard_size == 0 or n <= shard_size else -(-n // shard_size)
+    base, extra = divmod(n, count)
+    ends = [(i + 1) * base + min(i + 1, extra) for i in range(count)]
+    return list(zip([0, *ends[:-1]], ends, strict=True))
+
+
+def run_dir(model_dir: Path | str, project_id: int, run: str) -> Path:
+    """The folder of one sharded re-score (``run``: its fan-in's job id) under MODEL_DIR."""
+    return Path(model_dir) / SHARDS_DIR / str(int(project_id)) / run
+
+
+def _input_path(folder: Path, shard: int) -> Path:
+    return folder / f"input-{shard:05d}.json"
+
+
+def scores_path(folder: Path, shard: int) -> Path:
+    return folder / f"scores-{shard:05d}.pt"
+
+
+def save_scores(path: Path, scored: TaskScores) -> None:
+    """Write a shard's TaskScores atomically (a reader never sees half a file)."""
+    atomic_write(path, {"ids": scored.ids, "values": scored.values, "probs": scored.probs,
+                        "strategy": scored.strategy, "ambiguous": scored.ambiguous, "routed": scored.routed})
+
+
+def load_scores(path: Path) -> TaskScores:
+    """A shard's TaskScores as :func:`save_scores` wrote them (tensors only: no pickled code)."""
+    saved = torch.load(path, weights_only=True)
+    return TaskScores(saved["ids"], saved["values"], saved["probs"], saved["strategy"], saved["ambiguous"],
+                      saved.get("routed"))
+
+
+def _write_json(path: Path, obj: object) -> None:
+    atomic_write(path, obj, save=lambda o, f: f.write(json.dumps(o).encode("utf-8")))
+
+
+def write_inputs(folder: Path, ids: list[int], texts: list[str], bounds: list[tuple[int, int]],
+                 label_names: list[str] | None = None) -> None:
+    """Write a pool snapshot into a new run folder: one input file per shard, each atomically,
+    with the label names a cold start scores zero-shot against (None: none)."""
+    folder.mkdir(parents=True)
+    for shard, (start, end) in enumerate(bounds):
+        _write_json(_input_path(folder, shard), {"ids": ids[start:end], "texts": texts[start:end],
+                                                 "label_names": label_names})
+
+
+def _read_input(folder: Path, shard: int) -> dict:
+    path = _input_path(folder, shard)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: every worker must see the same MODEL_DIR (README, Scaling out)")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _fan_out(context: WorkerContext, r: Redis, project_id: int, version: str | None, ids: list[int],
+             texts: list[str], bounds: list[tuple[int, int]], label_names: list[str] | None) -> dict:
+    """Write the pool's snapshot, one input file per shard, then enqueue the shards and their fan-in."""
+    run = uuid.uuid4().hex  # the fan-in's job id: a retried rescore starts a run of its own
+    write_inputs(run_dir(context.settings.model_dir, project_id, run), ids, texts, bounds, label_names)
+    jobqueue.enqueue_shards(r, project_id, version, run, len(bounds), context.policy, current_job().id)
+    log.info("project %s: %d tasks to score in %d shards (run %s)", project_id, len(ids), len(bounds), run)
+    return {"skipped": False, "version": version, "pool": len(ids), "shards": len(bounds), "fan_in": run}
+
+
+@takes_context
+def score_shard(context: WorkerContext, project_id: int, version: str | None, shard: int, run: str) -> dict:
+    """Score one shard of a sharded re-score and save its TaskScores (no LS call).
+
+    Skipped when ``version`` is no longer the project's newest; a shard whose scores exist
+    already (a retry, a second delivery) is not scored again.
+    """
+    r, store = current_job().connection, context.store
+    current = store.current(project_id)
+    if version != current:
+        log.info("project %s: skip shard %d of %s, newest is %s", project_id, shard, version, current)
+        return {"skipped": True, "version": version, "current": current, "shard": shard}
+    folder = run_dir(context.settings.model_dir, project_id, run)
+    target = scores_path(folder, shard)
+    if target.exists():
+        return {"skipped": False, "shard": shard, "scored": 0, "already": True}
+    if not folder.exists() and _fan_in_ended(r, run):  # a late second delivery: the run is over
+        return {"skipped": True, "reason": "run ended", "shard": shard}
+    data = _read_input(folder, shard)
+    model = None
+    if version:
+        model = store.try_load(project_id, version)
+        if model is None:
+            raise RuntimeError(f"checkpoint {version} of project {project_id} is missing or unreadable here: "
+                               "every worker must see the same MODEL_DIR (README, Scaling out)")
+    scored = context.learner.score(model, data["texts"], ids=data["ids"], progress=report_progress("scoring shard"),
+                                   label_names=data.get("label_names"))
+    save_scores(target, scored)
+    _report_shards_done(r, folder, run)
+    return {"skipped": False, "shard": shard, "scored": len(scored)}
+
+
+def _fan_in_ended(r: Redis, run: str) -> bool:
+    try:
+        return Job.fetch(run, connection=r).get_status(refresh=False) in (JobStatus.FINISHED, JobStatus.FAILED)
+    except NoSuchJobError:
+        return False
+
+
+def _report_shards_done(r: Redis, folder: Path, run: str) -> None:
+    """Show the shards scored so far as the fan-in's progress (it waits, deferred, meanwhile)."""
+    try:
+        fan_in = Job.fetch(run, connection=r)
+    except NoSuchJobError:  # not enqueued yet: the fan-out is still enqueueing shards
+        return
+    done, total = len(list(folder.glob("scores-*.pt"))), len(list(folder.glob("input-*.json")))
+    fan_in.meta["progress"] = {"stage": "scoring shards", "done": done, "total": total}
+    fan_in.save_meta()
+
+
+@takes_context
+def publish_ranking(context: WorkerContext, project_id: int, version: str | None, run: str, shards: int) -> dict:
+    """The fan-in of a sharded re-score: merge the shards' scores, order the pool once, publish.
+
+    Runs once every shard has ended. If a shard failed for good, nothing is published
+    (:class:`ShardsIncomplete`): the previous priorities stay live and reconcile re-scores.
+    """
+    r, store = current_job().connection, context.store
+    folder = run_dir(context.settings.model_dir, project_id, run)
+    current = store.current(project_id)
+    if version != current:
+        log.info("project %s: skip publishing shards of %s, newest is %s", project_id, version, current)
+        _remove_run(folder)
+        return {"skipped": True, "version": version, "current": current}
+    missing = [shard for shard in range(shards) if not scores_path(folder, shard).exists()]
+    if missing:  # their jobs failed for good: nothing fills them any more
+        if not current_job().retries_left:  # this fan-in's last attempt: nothing reads them either
+            _remove_run(folder)
+        raise ShardsIncomplete(f"project {project_id}: shards {missing} of {shards} of {version or 'cold start'} "
+                               "have no scores (their jobs failed); nothing published")
+    with metrics.timed(r, "al_rescore_seconds"):
+        scored = TaskScores.concat([load_scores(scores_path(folder, shard)) for shard in range(shards)])
+        embeddings = None
+        if context.learner.needs_embeddings(scored):
+            texts = [text for shard in range(shards) for text in _read_input(folder, shard)["texts"]]
+            embeddings = context.learner.embed(texts, report_progress("reading embeddings"))
+        ranking = context.learner.order(scored, embeddings)
+        project = context.sync_project(r, project_id)
+        result = _publish_ranked(context, r, project, project_id, version, scored.ids.tolist(), ranking)
+    _remove_run(folder)
+    _remove_stale_runs(r, context.settings.model_dir, project_id, context.policy.timeout)
+    return {**result, "shards": shards}
+
+
+def _remove_run(folder: Path) -> None:
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def _remove_stale_runs(r: Redis, model_dir: Path | str, project_id: int, timeout: int) -> None:
+    """Remove the project's run folders that nothing will read: their fan-in has ended, or RQ
+    has no fan-in for them and they are older than a job may run (a fan-out that died before
+    enqueueing it; a younger one may be a fan-out writing its inputs now)."""
+    base = Path(model_dir) / SHARDS_DIR / str(int(project_id))
+    alive = {JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED, JobStatus.STARTED}
+    for folder in list(base.iterdir()) if base.exists() else []:
+        try:
+            stale = Job.fetch(folder.name, connection=r).get_status(refresh=False) not in alive
+        except NoSuchJobError:
+            stale = time.time() - folder.stat().st_mtime > timeout
+        if stale:
+            _remove_run(folder)
 
 
 def record_audit(r: Redis, project_id: int, version: str, ids: list[int], ranking, spec: TaskSpec,
@@ -72,8 +284,7 @@ def record_audit(r: Redis, project_id: int, version: str, ids: list[int], rankin
 
 def version_record(version: str, ids: list[int], ranking, spec: TaskSpec, top_k: int) -> audits.VersionRecord:
     """Predicted labels of a ranking's published explored tasks and of its stop set (pure)."""
-    order = ranking.order.tolist()
-    published = order[:top_k] if top_k > 0 else order
+    published, _ = published_order(ranking, top_k)  # explored tasks are never set aside
     explored, probs = ranking.explored.tolist(), ranking.probs.tolist()
     position = {task: i for i, task in enumerate(ids)}
     stop_ids = stop_set(ids, audits.STOP_SET_SIZE)
@@ -110,7 +321,7 @@ def score_new_tasks(context: WorkerContext, project_id: int, task_ids: list[int]
     ids, texts = list(found), list(found.values())
     scored = context.learner.score(model, texts, ids=ids)  # the per-task step: no pool-wide order needed
     values = scored.values.tolist()
-    scores = percentile_scores(project.index.values(), values)
+    scores = new_task_scores(project.index.values(), scored)
     batch = predictions(project.spec, version, scores, scored.probs.tolist(), task_ids=ids)
     project.client.import_predictions(project_id, batch)
     project.index.set_values(dict(zip(ids, values, strict=True)), replace_all=False)
@@ -118,15 +329,37 @@ def score_new_tasks(context: WorkerContext, project_id: int, task_ids: list[int]
     return {"skipped": False, "scored": len(batch), "version": version}
 
 
-def predictions_to_publish(ids: list[int], ranking, spec: TaskSpec, version: str, top_k: int) -> list[dict]:
-    """LS predictions for the top_k tasks of a ranking (0 = all), in its order: score = priority."""
+def published_order(ranking, top_k: int) -> tuple[list[int], list[int]]:
+    """The items a ranking publishes, each group in its order: (queued, set aside) (pure).
+
+    Queued: the top_k (0 = all) of the order, less the set-aside ones. Set aside: with ambiguity
+    routing, the tasks marked ambiguous that no exploration slot holds (an explored task keeps its
+    slot, so the audit sample stays uniform), the first top_k of them too: so every set-aside task
+    of a big pool can be found in the "Ambiguous" view, and a publish is at most twice top_k.
+    """
     order = ranking.order.tolist()
-    if top_k > 0:
-        order = order[:top_k]
-    scores = ranking.scores.tolist()
+    aside = (ranking.ambiguous & ~ranking.explored).tolist()
+    queued = [i for i in order if not aside[i]]
+    kept = [i for i in order if aside[i]]
+    return (queued[:top_k], kept[:top_k]) if top_k > 0 else (queued, kept)
+
+
+def predictions_to_publish(ids: list[int], ranking, spec: TaskSpec, version: str, top_k: int) -> list[dict]:
+    """LS predictions for the published tasks of a ranking (:func:`published_order`), in its order.
+
+    Score = priority in [0, 1]; with ambiguity routing (``ranking.routed``) queued tasks' priorities
+    are scaled into [0, QUEUE_TOP] and set-aside tasks get [AMBIGUOUS_SCORE, 1] by their place
+    among themselves (``backend.labeling``), for LS's uncertainty sampling and the "Ambiguous" view.
+    """
+    queued, aside = published_order(ranking, top_k)
+    order, priority = queued + aside, ranking.scores.tolist()
+    if ranking.routed:
+        scores = [queued_score(priority[i]) for i in queued]
+        scores += [set_aside_score(j / max(len(aside) - 1, 1)) for j in range(len(aside))]
+    else:  # nothing is set aside
+        scores = [priority[i] for i in order]
     probs = ranking.probs.tolist() if ranking.probs is not None else None
-    return predictions(spec, version, [scores[i] for i in order],
-                       None if probs is None else [probs[i] for i in order],
+    return predictions(spec, version, scores, None if probs is None else [probs[i] for i in order],
                        task_ids=[ids[i] for i in order])
 
 
@@ -164,6 +397,17 @@ def publish(r: Redis, client, project_id: int, version: str, batch: list[dict],
     if previous and previous != version:
         enqueue_cleanup(r, project_id, previous, policy)
     return True
+
+
+def new_task_scores(pool_values: list[float], scored: TaskScores) -> list[float]:
+    """Prediction scores of just-created tasks in the live order (pure): their percentile among the
+    pool's values; with ambiguity routing (``scored.routed``) scaled into the queued range, or into
+    the set-aside range for tasks marked ambiguous, as :func:`predictions_to_publish` does."""
+    scores = percentile_scores(pool_values, scored.values.tolist())
+    if not scored.routed:
+        return scores
+    return [set_aside_score(s) if aside else queued_score(s)
+            for s, aside in zip(scores, scored.ambiguous.tolist(), strict=True)]
 
 
 def percentile_scores(pool_values: list[float], new_values: list[float]) -> list[float]:

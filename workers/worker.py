@@ -2,12 +2,14 @@
 
 ``python -m workers`` runs a :class:`ReconcilingWorker` with a context built from the settings.
 rq's own CLI cannot pass one, so it takes :class:`EnvironmentWorker`, which reads the settings
-from the environment: ``rq worker score train cleanup --with-scheduler -w workers.worker.EnvironmentWorker``.
-The main process never touches CUDA: the engine is built inside the work-horse, on first use.
+from the environment: ``rq worker score shard train cleanup --with-scheduler -w workers.worker.EnvironmentWorker``.
+The main process imports the engine's modules once (``PRELOAD``), so work-horses start warm, but
+never touches CUDA: the engine is built inside the work-horse, on first use.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 import time
 
@@ -25,6 +27,12 @@ MAINTENANCE_MAX = 600  # rq's default maintenance interval
 # or retries after a Redis outage wait up to ten minutes (tests/faults/test_redis.py).
 SCHEDULER_CHECK = 30
 REDIS_WAIT = 300  # seconds a worker waits for Redis to come back when it must read a job's status
+PRELOAD = ("workers.scoring", "workers.training", "workers.lifecycle", "backend.al.learner",
+           "backend.al.kinds.linear", "backend.al.kinds.head", "backend.al.kinds.full",
+           "transformers.models.auto.modeling_auto", "transformers.models.auto.tokenization_auto")
+"""Modules a forking worker imports once, before its first fork: every work-horse inherits them
+instead of importing torch and transformers again (2.4 s a job on an idle 2-core machine, about
+5 s under load; scripts/bench_loop.py's "other" time). Importing them touches no CUDA."""
 
 
 class ContextJob(Job):
@@ -71,6 +79,8 @@ class ContextWorker(Worker):
         self.context = context
         kwargs["job_class"] = ContextJob  # rq's CLI passes its plain Job class; ours needs this one
         super().__init__(*args, **kwargs)
+        if any(name != "cleanup" for name in self.queue_names()):  # a clean-up-only worker needs no engine
+            preload()
 
     def perform_job(self, job, queue, execution) -> bool:
         """Runs in the work-horse (in-process for a SimpleWorker): hand the job our context."""
@@ -82,6 +92,12 @@ class ContextWorker(Worker):
         retries or fails the job but runs no failure callback, so count the attempt here."""
         metrics.count_failure(self.connection, job, abandoned="horse_killed")
         super().handle_work_horse_killed(job, retpid, ret_val, rusage)
+
+
+def preload(modules: tuple[str, ...] = PRELOAD) -> None:
+    """Import the job modules and the engine's heavy dependencies now, in the worker's main process."""
+    for name in modules:
+        importlib.import_module(name)
 
 
 class ReconcilingWorker(ContextWorker):

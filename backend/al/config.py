@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from backend.al.kinds import KINDS
+from backend.al.kinds import AUTO, KINDS
 
 STRATEGIES = ("margin", "bald", "entropy", "least_confidence", "variation_ratios", "random")
 """Acquisition functions by the name the settings and the CLI use (``acquisition.FUNCTIONS`` has them)."""
+COLD_STARTS = ("clusters", "zero-shot")
+"""Cold-start orders before any model: k-means representatives, or class coverage of the label names."""
 
 
 @dataclass(frozen=True)
@@ -15,9 +17,12 @@ class EngineConfig:
     """How the engine embeds, trains and ranks. Defaults are the benchmarked ones."""
 
     encoder: str = "all-MiniLM-L6-v2"
-    mode: str = "head"  # a model kind: a name in backend.al.kinds.KINDS
+    mode: str = "auto"  # a model kind: a name in backend.al.kinds.KINDS, or "auto" (kinds.choose_kind)
     strategy: str = "margin"
     mc_samples: int = 20
+    # Full mode: 0 samples dropout in every encoder layer; k only in the last k layers and the
+    # classifier, the layers below running once per text (issue 14: cheaper MC).
+    mc_layers: int = 0
     power_beta: float = 0.0  # 0: deterministic order; >0: PowerX sampling (Kirsch et al. 2023)
     diversity_clusters: int = 0  # 0: off
     exploration: float = 0.1
@@ -26,9 +31,14 @@ class EngineConfig:
     device: str = "auto"
     hidden: int = 256
     dropout: float = 0.3
+    l2: float = 0.0  # prior precision of the linear kind's weights; 0: by the labelled set's shape (kinds.linear)
     max_length: int = 128
     batch_size: int = 64
     cold_start_clusters: int = 20
+    # The order before any model. Zero-shot pre-annotations are published with either when the label
+    # names mean something; "clusters": the zero-shot order trained no better first models on AG News,
+    # TREC-6 or CLINC150 (docs/BENCHMARKS.md, "Zero-shot cold start").
+    cold_start: str = "clusters"
     # Ambiguity routing (acquisition.ambiguous): tasks with predictive entropy >= ambiguity_entropy
     # * log C and BALD <= ambiguity_bald * log C are marked and moved behind the rest of the order.
     # Off: it helped the default under 10% label noise but cost 1.7-4.6 points at 60-100 labels
@@ -38,12 +48,16 @@ class EngineConfig:
     ambiguity_bald: float = 0.005
 
     def __post_init__(self) -> None:
-        if self.mode not in KINDS:
-            raise ValueError(f"mode must be one of {', '.join(KINDS)}, got {self.mode!r}")
+        if self.mode not in KINDS and self.mode != AUTO:
+            raise ValueError(f"mode must be one of {', '.join(KINDS)}, {AUTO}, got {self.mode!r}")
         if self.strategy not in STRATEGIES:
             raise ValueError(f"unknown strategy {self.strategy!r}; choose from {', '.join(STRATEGIES)}")
+        if self.cold_start not in COLD_STARTS:
+            raise ValueError(f"cold_start must be one of {', '.join(COLD_STARTS)}, got {self.cold_start!r}")
         if self.mc_samples < 1:
             raise ValueError(f"mc_samples must be >= 1, got {self.mc_samples}")
+        if self.mc_layers < 0:
+            raise ValueError(f"mc_layers must be >= 0 (0 = all layers), got {self.mc_layers}")
         if not 0 <= self.exploration < 1:
             raise ValueError(f"exploration must be in [0, 1), got {self.exploration}")
         if not 0 <= self.power_beta <= 100:
@@ -53,6 +67,8 @@ class EngineConfig:
         if not 0 < self.ambiguity_entropy <= 1 or not 0 <= self.ambiguity_bald <= 1:
             raise ValueError("ambiguity thresholds are shares of log C: need 0 < ambiguity_entropy <= 1 "
                              f"and 0 <= ambiguity_bald <= 1, got {self.ambiguity_entropy}, {self.ambiguity_bald}")
+        if self.l2 < 0:
+            raise ValueError(f"l2 must be >= 0 (0: by shape), got {self.l2}")
         if not 0 < self.dropout < 1:
             raise ValueError(f"dropout must be in (0, 1), got {self.dropout}")
         for name in ("hidden", "max_length", "batch_size", "cold_start_clusters"):

@@ -1,5 +1,6 @@
 """The shared sentence encoder: a frozen pretrained transformer with mean pooling (the
-sentence-transformers recipe), L2-normalised, batched by length; plus where to find it,
+sentence-transformers recipe), L2-normalised, in length-sorted batches filled to a token budget
+(``backend/al/tokens.py``); plus where to find it,
 which device to run it on and a string that identifies its embeddings.
 
 The classifiers built on it are the model kinds in ``backend/al/kinds/``.
@@ -14,6 +15,8 @@ from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
+
+from backend.al.tokens import TokenCache, budget_batches, token_budget, tokenize, tokenizer_identity
 
 DEFAULT_ENCODER = "all-MiniLM-L6-v2"
 _PACKAGED_NAMES = {DEFAULT_ENCODER, "sentence-transformers/all-MiniLM-L6-v2"}
@@ -67,7 +70,8 @@ class TextEncoder:
     """A frozen transformer turning texts into normalised sentence embeddings."""
 
     def __init__(self, name: str = DEFAULT_ENCODER, device: str | torch.device = "cpu",
-                 max_length: int = 128, batch_size: int = 64, bf16: bool = True) -> None:
+                 max_length: int = 128, batch_size: int = 64, bf16: bool = True,
+                 tokens: TokenCache | None = None) -> None:
         from transformers import AutoModel, AutoTokenizer
 
         self.name = name
@@ -81,6 +85,9 @@ class TextEncoder:
         self.model = AutoModel.from_pretrained(self.path, dtype=torch.float32).to(self.device).eval()
         self.dim = int(self.model.config.hidden_size)
         self.identity = encoder_identity(name, self.path, max_length)
+        # No token cache by default: head mode caches the embeddings, so a text's ids are needed once.
+        self.tokens = tokens
+        self.token_identity = tokenizer_identity(self.path, max_length)
 
     def __repr__(self) -> str:
         return f"TextEncoder(name={self.name!r}, dim={self.dim}, max_length={self.max_length}, device={self.device})"
@@ -88,19 +95,20 @@ class TextEncoder:
     @torch.inference_mode()
     def encode(self, texts: Sequence[str], progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
         """Embeddings for texts, one plain deterministic pass. -> (N, D) float32 on CPU."""
-        out = torch.empty(len(texts), self.dim)
-        # Sorting by length keeps padding (wasted compute) small inside each batch.
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        for start in range(0, len(order), self.batch_size):
-            idx = order[start:start + self.batch_size]
-            batch = self.tokenizer([texts[i] for i in idx], padding=True, truncation=True,
-                                   max_length=self.max_length, return_tensors="pt").to(self.device)
+        tokens = tokenize(self.tokenizer, texts, self.max_length, self.tokens).to(self.device)
+        out = torch.empty(len(texts), self.dim, device=self.device)
+        pad = self.tokenizer.pad_token_id or 0
+        done = 0
+        # Longest first, each batch filled to the device's token budget: little padding, few passes.
+        for idx in budget_batches(tokens.lengths, token_budget(self.device)):
+            ids, mask = tokens.batch(idx, pad)
             with _autocast(self.device, self.bf16):
-                hidden = self.model(**batch).last_hidden_state
-            out[idx] = F.normalize(mean_pool(hidden.float(), batch["attention_mask"]), dim=-1).cpu()
+                hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
+            out[idx.to(self.device)] = F.normalize(mean_pool(hidden.float(), mask), dim=-1)
+            done += len(idx)
             if progress:
-                progress(min(start + self.batch_size, len(order)), len(order))
-        return out
+                progress(done, len(texts))
+        return out.cpu()
 
 
 def encoder_identity(name: str, path: str, max_length: int) -> str:

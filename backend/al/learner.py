@@ -12,18 +12,21 @@ once gives exactly the same ranking.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import torch
 
 from backend.al.acquisition import acquire, ambiguous
 from backend.al.config import EngineConfig
-from backend.al.embeddings import EmbeddingCache, text_key
+from backend.al.embeddings import EmbeddingCache, text_digests
 from backend.al.encoder import TextEncoder, encoder_identity, pick_device, resolve_encoder
-from backend.al.kinds import kind_class
+from backend.al.kinds import AUTO, choose_kind, kind_class
 from backend.al.kinds.base import Model, ModelKind, Progress
 from backend.al.ranking import COLD_START, Ranking, TaskScores, order_pool
+from backend.al.zeroshot import label_prompt, zero_shot_scores
 
 Ids = Sequence[int] | torch.Tensor | None
 """Task ids of the texts scored, one per text; None numbers them 0..N-1."""
@@ -50,7 +53,7 @@ class ActiveLearner:
         self.encoder_path = resolve_encoder(config.encoder)
         self.identity = encoder_identity(config.encoder, self.encoder_path, config.max_length)
         self.cache = EmbeddingCache(Path(cache_dir), self.identity) if cache_dir is not None else None
-        self._memory: dict[str, torch.Tensor] = {}
+        self._memory: dict[bytes, torch.Tensor] = {}  # digest -> vector, when there is no cache folder
         self._encoder: TextEncoder | None = None
         self._device: torch.device | None = None
         self._kinds: dict[str, ModelKind] = {}
@@ -72,8 +75,8 @@ class ActiveLearner:
         return self._encoder
 
     def kind(self, name: str | None = None) -> ModelKind:
-        """The model kind registered as ``name`` (default: the configured mode), built once."""
-        name = name or self.config.mode
+        """The model kind registered as ``name`` (default: the configured mode; ``auto``: its CPU kind), built once."""
+        name = name or choose_kind(self.config.mode, "cpu", [])
         if name not in self._kinds:
             self._kinds[name] = kind_class(name)(self)
         return self._kinds[name]
@@ -81,27 +84,44 @@ class ActiveLearner:
     # -- embeddings -------------------------------------------------------------------------
 
     def embed(self, texts: Sequence[str], progress: Progress | None = None) -> torch.Tensor:
-        """Embeddings (N, D) for texts, reading and filling the on-disk cache."""
-        keys = [text_key(t) for t in texts]
-        found = self.cache.get(keys) if self.cache is not None else {}
-        found.update((k, self._memory[k]) for k in keys if k not in found and k in self._memory)
-        todo: dict[str, str] = {}
-        for key, text in zip(keys, texts, strict=True):
-            if key not in found and key not in todo:
-                todo[key] = text
-        if todo:
-            vectors = self.encoder.encode(list(todo.values()), progress)
-            fresh = list(zip(todo.keys(), vectors, strict=True))
+        """Embeddings (N, D) float32 for texts, reading and filling the on-disk cache.
+
+        A warm pool costs a SHA-1 per text and a copy of its rows from the cache's memory
+        maps; only the texts found nowhere are encoded (each distinct text once).
+        """
+        digests = text_digests(texts)
+        found, x = self.cache.lookup(digests) if self.cache is not None else self._lookup_memory(digests)
+        missing = np.flatnonzero(~found)
+        if missing.size:
+            todo: dict[bytes, list[int]] = {}  # distinct texts in order of first appearance
+            raw = digests.tobytes()
+            for i in missing.tolist():
+                todo.setdefault(raw[20 * i:20 * i + 20], []).append(i)
+            fresh = self.encoder.encode([texts[rows[0]] for rows in todo.values()], progress).to("cpu", torch.float32)
+            keys = np.frombuffer(b"".join(todo), dtype=digests.dtype)
             if self.cache is not None:
-                self.cache.put(fresh)
+                self.cache.store(keys, fresh)
             else:
-                self._memory.update(fresh)
-            found.update(fresh)
+                self._memory.update(zip(todo, fresh, strict=True))
+            if x is None:
+                x = torch.zeros(len(texts), fresh.shape[1])
+            text_of = np.empty(len(texts), dtype=np.int64)
+            for n, rows in enumerate(todo.values()):
+                text_of[rows] = n
+            x[torch.from_numpy(missing)] = fresh[torch.from_numpy(text_of[missing])]
         elif progress:
             progress(len(texts), len(texts))
-        if not keys:
-            return torch.zeros(0, self._dim_hint())
-        return torch.stack([found[k] for k in keys])
+        return x if x is not None else torch.zeros(0, self._dim_hint())
+
+    def _lookup_memory(self, digests: np.ndarray) -> tuple[np.ndarray, torch.Tensor | None]:
+        """:meth:`EmbeddingCache.lookup` for a learner without a cache folder."""
+        raw = digests.tobytes()
+        keys = [raw[i:i + 20] for i in range(0, len(raw), 20)]
+        found = np.array([k in self._memory for k in keys], dtype=bool)
+        if not found.any():
+            return found, None
+        zero = torch.zeros_like(next(iter(self._memory.values())))
+        return found, torch.stack([self._memory.get(k, zero) for k in keys])
 
     def _dim_hint(self) -> int:
         return self._encoder.dim if self._encoder is not None else 0
@@ -125,12 +145,20 @@ class ActiveLearner:
         present = int((targets.sum(dim=0) > 0).sum())
         if present < (1 if multilabel else 2):
             raise NotEnoughLabels(f"need labels of at least 2 classes to train, got {present}")
-        warm = previous if self.config.warm_start and self._compatible(previous, classes, multilabel) else None
-        return self.kind().fit(texts, targets, classes, multilabel, warm, progress)
+        name = self.training_kind(targets)
+        warm = previous if self.config.warm_start and self._compatible(previous, classes, multilabel, name) else None
+        return self.kind(name).fit(texts, targets, classes, multilabel, warm, progress)
 
-    def _compatible(self, previous: Model | None, classes: list[str], multilabel: bool) -> bool:
+    def training_kind(self, targets: torch.Tensor) -> str:
+        """The kind :meth:`fit` trains for targets (N, C): the configured mode, or with ``auto`` the
+        choice of :func:`backend.al.kinds.choose_kind` from this device and the labels per class."""
+        if self.config.mode != AUTO:
+            return self.config.mode
+        return choose_kind(AUTO, self.device.type, [int(c) for c in targets.sum(dim=0).tolist()])
+
+    def _compatible(self, previous: Model | None, classes: list[str], multilabel: bool, name: str) -> bool:
         return (previous is not None and previous.classes == classes and previous.multilabel == multilabel
-                and previous.encoder == self.identity and previous.kind == self.config.mode)
+                and previous.encoder == self.identity and previous.kind == name)
 
     # -- scoring ------------------------------------------------------------------------------
 
@@ -145,19 +173,25 @@ class ActiveLearner:
         return self.mc_probs(model, texts).mean(dim=1)
 
     def score(self, model: Model | None, texts: Sequence[str], ids: Ids = None, seed: int | None = None,
-              progress: Progress | None = None) -> TaskScores:
+              progress: Progress | None = None, label_names: Sequence[str] | None = None) -> TaskScores:
         """The per-task step: values (and mean probabilities) for any subset of a pool.
 
         ``ids`` are the texts' task ids (default 0..N-1); a task's result depends only on
-        its text, its id, the model and the seed. Without a model, texts are only embedded
-        (cached) for the cold-start order. With ``ambiguity`` on, tasks are marked
-        ``ambiguous`` here (per task, so shards agree) and routed back by :meth:`order`.
+        its text, its id, the model and the seed. Without a model, texts are embedded (cached)
+        for the cold-start order and, given ``label_names`` (one per class, as the label config
+        names them), scored zero-shot against them (:mod:`backend.al.zeroshot`). With
+        ``ambiguity`` on, tasks are marked ``ambiguous`` here (per task, so shards agree) and
+        routed back by :meth:`order`.
         """
         seed = self.config.seed if seed is None else seed
         ids = _ids(ids, len(texts))
         if model is None:
-            self.embed(texts, progress)
-            return TaskScores(ids, torch.zeros(len(texts)), None, COLD_START)
+            embedded = self.embed(texts, progress)
+            if not label_names or not len(texts):
+                return TaskScores(ids, torch.zeros(len(texts)), None, COLD_START)
+            names = self.embed([label_prompt(name) for name in label_names])
+            probs, spread = zero_shot_scores(embedded, names)
+            return TaskScores(ids, spread, probs, COLD_START)
         probs = self.mc_probs(model, texts, seed, progress)
         values = acquire(self.config.strategy, probs, model.multilabel, ids=ids, seed=seed)
         return TaskScores(ids, values, probs.mean(dim=1), self.config.strategy, self._ambiguous(probs, model))
@@ -172,10 +206,15 @@ class ActiveLearner:
         """The pool-wide step: the final order of a whole pool's scores (see ranking.order_pool).
 
         ``embeddings`` (N, D), in the order of ``scored``, are needed for diversity and cold start.
+        With ``ambiguity`` on, the ranking says it was routed (``Ranking.routed``), the cold start's
+        too, so a publish keeps the set-aside score range free even when no task is marked.
         """
         cfg = self.config
+        if cfg.ambiguity and not scored.routed:
+            scored = dataclasses.replace(scored, routed=True)
         return order_pool(scored, embeddings, power_beta=cfg.power_beta, clusters=cfg.diversity_clusters,
                           exploration=cfg.exploration, cold_start_clusters=cfg.cold_start_clusters,
+                          zero_shot_order=cfg.cold_start == "zero-shot",
                           seed=cfg.seed if seed is None else seed)
 
     def needs_embeddings(self, scored: TaskScores) -> bool:
@@ -183,9 +222,11 @@ class ActiveLearner:
         return scored.strategy == COLD_START or self.config.diversity_clusters > 1
 
     def rank(self, model: Model | None, texts: Sequence[str], ids: Ids = None, seed: int | None = None,
-             progress: Progress | None = None) -> Ranking:
-        """Rank a pool: uncertainty with the model, diversity-first cold start without one."""
-        scored = self.score(model, texts, ids, seed, progress)
+             progress: Progress | None = None, label_names: Sequence[str] | None = None) -> Ranking:
+        """Rank a pool: uncertainty with the model; without one, the cold start (``cold_start``: by
+        diversity, or by class coverage of ``label_names``), carrying zero-shot probabilities of
+        ``label_names`` when they mean something."""
+        scored = self.score(model, texts, ids, seed, progress, label_names)
         embeddings = self.embed(texts) if self.needs_embeddings(scored) else None
         return self.order(scored, embeddings, seed)
 

@@ -29,11 +29,14 @@ into shards nor the order they are merged in changes the result.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
+from backend.al.zeroshot import meaningful, zero_shot_order
+
 COLD_START = "cold_start"  # TaskScores.strategy before any model: order by representativeness
+# (zero-shot probabilities of the label names ride along as pre-annotations; backend.al.zeroshot)
 
 
 @dataclass
@@ -41,9 +44,11 @@ class TaskScores:
     """Per-task results for some tasks of a pool: what a shard job computes.
 
     ids (N,) int64 task ids (unique); values (N,) acquisition values (higher = more
-    informative; zeros at cold start); probs (N, C) mean predictive distribution, or
-    None at cold start; ambiguous (N,) bool, tasks to route away from the top of the
-    queue (all False when ambiguity routing is off or given as None).
+    informative; at cold start zeros, or each text's spread of label-name similarities);
+    probs (N, C) mean predictive distribution, at cold start the zero-shot one or None;
+    ambiguous (N,) bool, tasks to route away from the top of the queue (all False when
+    ambiguity routing is off or given as None); routed: whether ambiguity routing ran
+    (default: whether ``ambiguous`` was given), so a publish can tell "none marked" from "off".
     """
 
     ids: torch.Tensor
@@ -51,10 +56,12 @@ class TaskScores:
     probs: torch.Tensor | None
     strategy: str
     ambiguous: torch.Tensor | None = None
+    routed: bool | None = None
 
     def __post_init__(self) -> None:
         if self.ids.dim() != 1 or self.values.shape != self.ids.shape:
             raise ValueError(f"ids {tuple(self.ids.shape)} and values {tuple(self.values.shape)} must be (N,)")
+        self.routed = self.ambiguous is not None if self.routed is None else bool(self.routed)
         self.ambiguous = _flags(self.ambiguous, self.ids.numel())
         if self.probs is not None and self.probs.shape[0] != self.ids.numel():
             raise ValueError(f"probs has {self.probs.shape[0]} rows for {self.ids.numel()} ids")
@@ -75,7 +82,7 @@ class TaskScores:
             raise ValueError("cannot merge scores with and without probabilities")
         probs = torch.cat([p.probs for p in parts]) if parts[0].probs is not None else None
         return cls(torch.cat([p.ids for p in parts]), torch.cat([p.values for p in parts]), probs,
-                   parts[0].strategy, torch.cat([p.ambiguous for p in parts]))
+                   parts[0].strategy, torch.cat([p.ambiguous for p in parts]), any(p.routed for p in parts))
 
 
 def _flags(flags: torch.Tensor | None, n: int) -> torch.Tensor:
@@ -95,7 +102,8 @@ class Ranking:
     priority (lower = label sooner); values[j] its acquisition value (higher = more
     informative); explored[j] marks items placed by the exploration share; probs is
     the mean predictive distribution (N, C), or None at cold start; ambiguous[j] marks
-    items routed behind the uncertainty order (an explored item keeps its slot).
+    items routed behind the uncertainty order (an explored item keeps its slot); routed
+    tells whether ambiguity routing ran (default: whether ``ambiguous`` was given).
     """
 
     order: torch.Tensor
@@ -105,8 +113,10 @@ class Ranking:
     probs: torch.Tensor | None
     strategy: str
     ambiguous: torch.Tensor | None = None
+    routed: bool | None = None
 
     def __post_init__(self) -> None:
+        self.routed = self.ambiguous is not None if self.routed is None else bool(self.routed)
         self.ambiguous = _flags(self.ambiguous, self.order.numel())
 
 
@@ -257,12 +267,14 @@ def priority_order(
     return mix_exploration(order, exploration, generator)
 
 
-def cold_start_order(embeddings: torch.Tensor, clusters: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def cold_start_order(embeddings: torch.Tensor, clusters: int, seed: int = 0,
+                     zero_shot: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Diversity-first order with no model: cluster representatives first. (N, D) -> (order (N,), values (N,)).
 
     Clusters take turns, largest first; inside a cluster items closest to the centroid
     come first. values are minus the distance to the item's centroid (higher = more
-    representative).
+    representative). With ``zero_shot`` probabilities (N, C) the order covers the classes
+    instead, each class spread over the same clusters (``zeroshot.zero_shot_order``).
     """
     n = embeddings.shape[0]
     if n == 0:
@@ -270,6 +282,8 @@ def cold_start_order(embeddings: torch.Tensor, clusters: int, seed: int = 0) -> 
     generator = torch.Generator().manual_seed(seed)
     assign, centroids = kmeans(embeddings, clusters, generator)
     dist = (embeddings.float() - centroids[assign]).norm(dim=1)
+    if zero_shot is not None:
+        return zero_shot_order(zero_shot, assign, dist), -dist
     sizes = torch.bincount(assign, minlength=centroids.shape[0])
     lanes = []
     for cluster in torch.argsort(-sizes, stable=True).tolist():
@@ -289,6 +303,7 @@ def order_pool(
     clusters: int = 0,
     exploration: float = 0.0,
     cold_start_clusters: int = 20,
+    zero_shot_order: bool = False,
     seed: int = 0,
 ) -> Ranking:
     """The pool-wide step: exploration, diversity and the final order of scored tasks.
@@ -296,6 +311,8 @@ def order_pool(
     scored (N items), embeddings (N, D) in the same item order (needed for diversity and
     cold start) -> Ranking indexed like ``scored``. Items are put in task-id order first,
     so the result depends on the set of (id, value) pairs, not on how they were merged.
+    Cold-start scores with zero-shot probabilities keep them (the pre-annotations) when the names
+    mean something (``zeroshot.meaningful``); ``zero_shot_order`` then orders by class coverage too.
     """
     ids = scored.ids
     if torch.unique(ids).numel() != ids.numel():
@@ -305,8 +322,12 @@ def order_pool(
     if scored.strategy == COLD_START:
         if x is None:
             raise ValueError("the cold-start order needs the pool's embeddings")
-        order, values = cold_start_order(x, cold_start_clusters, seed)
+        zero_shot = scored.probs is not None and meaningful(scored.values[perm])
+        probs = scored.probs[perm] if zero_shot else None
+        order, values = cold_start_order(x, cold_start_clusters, seed, zero_shot=probs if zero_shot_order else None)
         order, explored = mix_exploration(order, exploration, torch.Generator().manual_seed(seed + 1))
+        if not zero_shot:  # names that carry no meaning: no pre-annotations either
+            scored = replace(scored, probs=None)
     else:
         values = scored.values[perm]
         order, explored = priority_order(values, x, power_beta=power_beta, clusters=clusters,
@@ -322,4 +343,4 @@ def _back_to_input(perm, order, values, explored, scored: TaskScores) -> Ranking
     back_explored[perm] = explored
     order = perm[order]
     return Ranking(order, scores_from_order(order), back_values, back_explored, scored.probs, scored.strategy,
-                   scored.ambiguous)
+                   scored.ambiguous, scored.routed)

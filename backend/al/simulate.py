@@ -8,9 +8,14 @@ The pool's labels play the annotator. Every seed starts from the same random see
 for every strategy; each round retrains (as the service does), evaluates on the test
 file and labels the top ``--batch-size`` items of the strategy's ranking. ``default`` is
 exactly the service's default ranking (``EngineConfig()``); a plain name (``margin``)
-is that acquisition function alone, greedy, with no diversity or exploration. A
-variant overrides engine settings: ``margin/power_beta=1/exploration=0.1``,
-``entropy/ambiguity=on``.
+is that acquisition function alone, greedy, with no diversity or exploration. ``reference``
+is the plain loop the engine must beat: frozen embeddings + logistic regression (scikit-learn's
+defaults, ``MODEL_MODE=reference``) + margin, top-k. A variant overrides engine settings:
+``margin/power_beta=1/exploration=0.1``, ``entropy/ambiguity=on``, ``default/mode=linear``.
+
+``--cold-start`` picks the seed set: ``random`` (the default), or the top of the service's
+cold-start order without a model: ``clusters`` (k-means representatives) or ``zero-shot``
+(class coverage of the label names, the pool's class names; ``backend.al.zeroshot``).
 
 ``--label-noise P`` makes the simulated annotator flip a share P of its answers to another
 class (uniformly, seeded: every strategy of a seed gets the same wrong answers on the same
@@ -46,6 +51,7 @@ from backend.al.learner import ActiveLearner, EngineConfig, Model, Ranking
 from backend.al.stopping import STOP, StoppingRule, cohens_kappa, stop_set, stopping_signal
 
 PLAIN = {"power_beta": 0.0, "diversity_clusters": 0, "exploration": 0.0}
+REFERENCE = "reference"  # the plain loop to beat: logistic regression (kinds.reference) + margin, top-k
 _BOOLS = {"1": True, "true": True, "on": True, "yes": True, "0": False, "false": False, "off": False, "no": False}
 COLUMNS = ["strategy", "seed", "labels", "accuracy", "macro_f1", "ambiguous"]
 STOP_COLUMNS = ["kappa", "audit_items", "audit_correct", "state", "pool_accuracy"]
@@ -62,10 +68,12 @@ def strategy_config(spec: str, base: EngineConfig) -> EngineConfig:
     name, *overrides = spec.split("/")
     if name == "default":
         config = base
+    elif name == REFERENCE:
+        config = dataclasses.replace(base, mode="reference", strategy="margin", **PLAIN)
     elif name in STRATEGIES:
         config = dataclasses.replace(base, strategy=name, **PLAIN)
     else:
-        raise ValueError(f"unknown strategy {name!r}; choose from default, {', '.join(STRATEGIES)}")
+        raise ValueError(f"unknown strategy {name!r}; choose from default, {REFERENCE}, {', '.join(STRATEGIES)}")
     types = {f.name: f.type for f in dataclasses.fields(EngineConfig)}
     for item in overrides:
         key, eq, raw = item.partition("=")
@@ -127,9 +135,24 @@ class StoppingTrace:
         return {"pool_accuracy": right / len(ids)}
 
 
+COLD_STARTS = ("random", "clusters", "zero-shot")
+
+
+def seed_set(learner: ActiveLearner, texts: list[str], classes: list[str], seed: int, size: int,
+             cold_start: str = "random") -> list[int]:
+    """The first ``size`` items to label: a seeded random sample, or the top of the cold-start order."""
+    if cold_start not in COLD_STARTS:
+        raise ValueError(f"unknown cold start {cold_start!r}; choose from {', '.join(COLD_STARTS)}")
+    if cold_start == "random":
+        return torch.randperm(len(texts), generator=torch.Generator().manual_seed(seed))[:size].tolist()
+    names = classes if cold_start == "zero-shot" else None
+    return learner.rank(None, texts, seed=seed, label_names=names).order[:size].tolist()
+
+
 def run_one(learner: ActiveLearner, pool: tuple[list[str], list[str]], test: tuple[list[str], list[str]],
             classes: list[str], seed: int, seed_size: int, batch_size: int, budget: int,
-            answers: Sequence[str] | None = None, trace: StoppingTrace | None = None) -> list[dict]:
+            answers: Sequence[str] | None = None, trace: StoppingTrace | None = None,
+            cold_start: str = "random") -> list[dict]:
     """One learning curve: rows {labels, accuracy, macro_f1} after each retrain (and the trace's columns).
 
     ``answers`` are what the annotator says for each pool item (default: the pool's labels).
@@ -137,8 +160,7 @@ def run_one(learner: ActiveLearner, pool: tuple[list[str], list[str]], test: tup
     texts, labels = pool
     answers = labels if answers is None else answers
     test_gold = torch.tensor([classes.index(y) for y in test[1]])
-    generator = torch.Generator().manual_seed(seed)
-    labelled = torch.randperm(len(texts), generator=generator)[:seed_size].tolist()
+    labelled = seed_set(learner, texts, classes, seed, seed_size, cold_start)
     unlabelled = sorted(set(range(len(texts))) - set(labelled))
     rows, model, round_ = [], None, 0
     while True:
@@ -293,7 +315,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--pool", required=True, help="text<TAB>label TSV: the pool the simulated annotator labels")
     p.add_argument("--test", required=True, help="text<TAB>label TSV: held-out evaluation set")
     p.add_argument("--strategy", default="margin,random,default",
-                   help="comma list: default, " + ", ".join(STRATEGIES) + ", or name/key=value variants")
+                   help="comma list: default, reference, " + ", ".join(STRATEGIES) + ", or name/key=value variants")
     p.add_argument("--seed-size", type=int, default=20)
     p.add_argument("--batch-size", type=int, default=20)
     p.add_argument("--budget", type=int, default=500)
@@ -304,6 +326,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--cache-dir", default="data/embeddings", help="embedding cache folder (shared with the service)")
     p.add_argument("--limit-pool", type=int, default=0, help="use only the first N pool rows (0 = all)")
     p.add_argument("--limit-test", type=int, default=0, help="use only the first N test rows (0 = all)")
+    p.add_argument("--cold-start", choices=COLD_STARTS, default="random",
+                   help="how the seed set is chosen: at random, or by the cold-start order (clusters, zero-shot)")
     p.add_argument("--label-noise", type=float, default=0.0,
                    help="share of the simulated annotator's answers flipped to another class (seeded)")
     p.add_argument("--stopping", action="store_true",
@@ -328,7 +352,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         pool = load_tsv(args.pool)
         test = load_tsv(args.test)
-        base = EngineConfig(encoder=args.encoder, mc_samples=args.mc_samples)
+        base = EngineConfig(encoder=args.encoder, mc_samples=args.mc_samples,
+                            cold_start="zero-shot" if args.cold_start == "zero-shot" else "clusters")
         specs = [s.strip() for s in args.strategy.split(",") if s.strip()]
         configs = {spec: strategy_config(spec, base) for spec in specs}
     except (OSError, ValueError) as exc:
@@ -356,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
         answers = noisy_answers(pool[1], classes, args.label_noise, seed) if args.label_noise else pool[1]
         trace = StoppingTrace(pool, answers, classes, args.stop_set, seed) if args.stopping else None
         curve = run_one(learner, pool, test, classes, seed, args.seed_size, args.batch_size, args.budget,
-                        answers, trace)
+                        answers, trace, args.cold_start)
         rows += [{"strategy": spec, "seed": seed, **r} for r in curve]
         eta = (time.time() - start) / done * (len(runs) - done)
         print(f"[{done}/{len(runs)}] {spec} seed {seed}: accuracy {curve[-1]['accuracy']:.4f} at "

@@ -30,6 +30,7 @@ class FakeLabelStudio:
         self.model_version = ""
         self.sampling = "Sequential sampling"
         self.views: list[str] = []
+        self.view_filters: dict[str, float | None] = {}  # view title -> its prediction-score filter
         self.calls: Counter = Counter()
         self.fail: dict[str, Exception] = {}  # method name -> exception raised (once)
         self.import_fail_after: int | None = None  # import this many, then fail (once)
@@ -160,8 +161,9 @@ class FakeClient:
         self._enter("set_sampling", project_id)
         self.ls.sampling = sampling
 
-    def ensure_view(self, project_id, title="Active learning queue"):
+    def ensure_view(self, project_id, title="Active learning queue", score_above=None):
         self._enter("ensure_view", project_id)
         if title not in self.ls.views:
             self.ls.views.append(title)
+            self.ls.view_filters[title] = score_above
         return self.ls.views.index(title) + 1

@@ -80,7 +80,7 @@ def test_list_tasks_filters_by_id_on_the_server_and_keeps_order(ls, client, proj
 
 def test_listing_follows_pages_when_the_server_caps_page_size(ls, client, project, monkeypatch):
     pid, ids = project
-    monkeypatch.setattr(labelstudio, "ALL_TASKS", 7)  # as if LS ran with TASK_API_PAGE_SIZE_MAX=7
+    monkeypatch.setattr(labelstudio, "LIST_PAGE", 7)  # pages of 7, as if LS capped them there too
     assert [t["id"] for t in client.list_tasks(pid)] == ids
     assert [t["id"] for t in client.list_tasks(pid, after_id=ids[9])] == ids[10:]
     assert client.task_ids(pid) == set(ids)
@@ -143,6 +143,35 @@ def test_uncertainty_sampling_serves_the_lowest_score_of_the_current_version(ls,
     assert client.get_project(pid)["model_version"] == "v-new"
     assert api.next_task(pid)["id"] == ranked[1]
     assert client.delete_predictions(pid, "v-old") == 0
+
+
+def test_chunked_deletion_stops_between_chunks_and_spares_other_versions(ls, client, project):
+    """A version deleted one prediction per request: it stops only at a chunk boundary when asked,
+    resumes where it stopped, never touches the live version and leaves LS sampling by it."""
+    pid, ids = project
+    client.import_predictions(pid, predictions(ids, [0.3] * len(ids), "v-old"))
+    client.import_predictions(pid, predictions(ids[:10], [0.1] * 10, "v-live"))
+    client.set_model_version(pid, "v-live")
+    assert len(client.prediction_ids(pid, "v-old")) == 40
+
+    checks = []
+
+    def stop_at_second_check():
+        checks.append(len(client.prediction_ids(pid, "v-old")))
+        return len(checks) == 2
+
+    assert client.delete_predictions_in_chunks(pid, "v-old", chunk=15, should_stop=stop_at_second_check) == (30, False)
+    assert checks == [25, 10]  # asked after each full chunk, never mid-chunk
+    assert client.model_versions(pid) == {"v-old": 10, "v-live": 10}
+    assert client.delete_predictions_in_chunks(pid, "v-old", chunk=15) == (10, True)
+    assert client.model_versions(pid) == {"v-live": 10}
+    assert client.get_project(pid)["model_version"] == "v-live"
+    assert client.delete_predictions_in_chunks(pid, "v-old") == (0, True)
+    with pytest.raises(LabelStudioError, match="empty model_version"):
+        client.delete_predictions_in_chunks(pid, "")
+    with pytest.raises(LabelStudioError, match="chunk=0 must be >= 1"):
+        client.delete_predictions_in_chunks(pid, "v-live", chunk=0)
+    assert client.model_versions(pid) == {"v-live": 10}
 
 
 def test_model_versions_counts_each_versions_predictions(client, project):

@@ -63,7 +63,7 @@ def test_webhook_for_a_project_never_set_up_is_refused_and_changes_nothing(clien
     assert f"project {UNKNOWN} is not set up" in error and "/setup" in error
     assert projects.known_projects(r) == []  # so no reconcile ever tries to reach it
     assert r.keys("al:p:*") == []
-    assert _queued(r) == {"train": [], "score": [], "cleanup": []}
+    assert _queued(r) == {"train": [], "score": [], "shard": [], "cleanup": []}
     assert "al_webhooks_total{" not in client.get("/metrics").get_data(as_text=True)
 
 
@@ -74,7 +74,7 @@ def test_only_setup_makes_a_project_known(client, r):
     assert projects.known_projects(r) == [UNKNOWN]
     response = client.post("/webhook", json=start)
     assert response.status_code == 200 and response.get_json()["action"] == "retrain"
-    assert _queued(r) == {"train": ["retrain"], "score": ["prepare_project"], "cleanup": []}
+    assert _queued(r) == {"train": ["retrain"], "score": ["prepare_project"], "shard": [], "cleanup": []}
 
 
 # 2. Bodies over MAX_BODY_BYTES: 413, unread.

@@ -104,7 +104,8 @@ def test_learner_embeds_once_then_reads_the_cache(tiny_bert, tmp_path):
 
 
 def test_fit_predict_rank_head_mode(tiny_bert, tmp_path):
-    learner = ActiveLearner(EngineConfig(encoder=str(tiny_bert), mc_samples=5, exploration=0.0), tmp_path)
+    learner = ActiveLearner(EngineConfig(encoder=str(tiny_bert), mode="head", mc_samples=5, exploration=0.0),
+                            tmp_path)
     model = learner.fit(TEXTS, LABELS, CLASSES)
     assert model.classes == CLASSES and model.n_train == 6 and model.kind == "head"
     probs = learner.mc_probs(model, TEXTS)
@@ -123,10 +124,11 @@ def test_fit_is_reproducible(tiny_bert, tmp_path):
 
 
 def test_warm_start_uses_previous_weights(tiny_bert, tmp_path):
-    learner = ActiveLearner(EngineConfig(encoder=str(tiny_bert), warm_start=True), tmp_path)
+    learner = ActiveLearner(EngineConfig(encoder=str(tiny_bert), mode="head", warm_start=True), tmp_path)
     first = learner.fit(TEXTS, LABELS, CLASSES)
     second = learner.fit(TEXTS, LABELS, CLASSES, previous=first)
-    fresh = ActiveLearner(EngineConfig(encoder=str(tiny_bert)), tmp_path).fit(TEXTS, LABELS, CLASSES, previous=first)
+    fresh = ActiveLearner(EngineConfig(encoder=str(tiny_bert), mode="head"), tmp_path).fit(TEXTS, LABELS, CLASSES,
+                                                                                           previous=first)
     assert fresh.stats["warm_start"] is False  # the default trains from scratch
     assert second.stats["warm_start"] is True and first.stats["warm_start"] is False
     other_classes = learner.fit(TEXTS, LABELS, CLASSES + ["Extra"], previous=first)

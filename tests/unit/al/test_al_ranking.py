@@ -1,5 +1,7 @@
 """Priority ranking: permutations, lower score = earlier, power sampling, diversity, exploration, cold start."""
 
+import dataclasses
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -186,3 +188,34 @@ def test_task_scores_flags_default_to_false_merge_and_validate():
     assert rk.TaskScores.concat([a, b]).ambiguous.tolist() == [True, False, False]
     with pytest.raises(ValueError, match="ambiguous"):
         rk.TaskScores(torch.tensor([1, 2]), torch.zeros(2), None, "margin", torch.tensor([1, 0]))
+
+
+def test_routed_tells_routing_off_from_nothing_marked_through_merge_order_and_replace():
+    off = rk.TaskScores(torch.tensor([2, 1]), torch.tensor([0.3, 0.7]), None, "margin")
+    none_marked = rk.TaskScores(torch.tensor([4, 3]), torch.tensor([0.2, 0.1]), None, "margin",
+                                torch.zeros(2, dtype=torch.bool))
+    assert not off.routed and none_marked.routed
+    assert not rk.order_pool(off).routed and rk.order_pool(none_marked).routed
+    assert rk.TaskScores.concat([none_marked, rk.TaskScores(torch.tensor([5]), torch.zeros(1), None, "margin",
+                                                            torch.zeros(1, dtype=torch.bool))]).routed
+    assert not rk.TaskScores.concat([off, rk.TaskScores(torch.tensor([5]), torch.zeros(1), None, "margin")]).routed
+    assert not dataclasses.replace(off, probs=None).routed  # flags made at init do not turn routing on
+    assert rk.TaskScores(off.ids, off.values, None, "margin", off.ambiguous, routed=False).routed is False
+
+
+def test_the_audited_slot_draws_from_the_whole_pool_top_included():
+    """The explored item in the first exploration slot (the one a round of labelling reaches: the
+    audit item) is uniform over the whole pool, the most informative items included, over the
+    seeds the simulation uses (seed * 1000 + round), through the same call as the service."""
+    n, counts = 20, torch.zeros(20)
+    values = torch.linspace(1, 0, n)  # item 0 is the most informative
+    for seed in range(60):
+        for round_ in range(25):
+            ranking = rk.order_pool(rk.TaskScores(torch.arange(n), values, None, "margin"), exploration=0.1,
+                                    seed=seed * 1000 + round_)
+            slot = next(i for i in ranking.order.tolist() if ranking.explored[i])
+            counts[slot] += 1
+    expected = counts.sum() / n
+    chi2 = float(((counts - expected) ** 2 / expected).sum())
+    assert chi2 < 43.8  # chi-square, 19 degrees of freedom, p = 0.001
+    assert abs(float(counts[:5].sum() / counts.sum()) - 0.25) < 0.03  # the top quarter as often as any
