@@ -15,7 +15,7 @@ from backend.settings import ENGINE_VARIABLES, Settings
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 README = (ROOT / "README.md").read_text()
-OUR_SERVICES = ("web", "worker")
+OUR_SERVICES = ("web", "worker", "cleanup")
 
 
 def settings_docs() -> dict[str, str]:
@@ -84,10 +84,21 @@ def test_service_commands_exist(service):
 
 
 def test_services_share_the_model_volume_and_one_image():
-    web, worker = (COMPOSE["services"][s] for s in OUR_SERVICES)
-    assert web["image"] == worker["image"]
-    assert "models:/data" in web["volumes"] and "models:/data" in worker["volumes"]
+    services = [COMPOSE["services"][s] for s in OUR_SERVICES]
+    assert len({service["image"] for service in services}) == 1
+    assert all("models:/data" in service["volumes"] for service in services)
     assert "models" in COMPOSE["volumes"]
+
+
+def test_workers_take_every_queue_and_clean_ups_have_their_own():
+    from backend import jobqueue
+
+    def queues(service: str) -> list[str]:
+        command = COMPOSE["services"][service]["command"]
+        return command[command.index("--queues") + 1].split(",")
+
+    assert queues("cleanup") == [jobqueue.CLEANUP]
+    assert sorted(queues("worker") + queues("cleanup")) == sorted(jobqueue.QUEUES)
 
 
 def test_worker_reserves_a_gpu():
