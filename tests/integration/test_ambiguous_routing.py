@@ -14,9 +14,12 @@ from workers.context import WorkerContext
 
 @pytest.fixture
 def routed(settings, ls):
-    """The workers' context with AMBIGUITY=on; any BALD counts as low, so the tiny test model
-    (unsure of much) sets tasks aside."""
-    engine = dataclasses.replace(settings.engine, mode="head", ambiguity=True, ambiguity_bald=1.0)
+    """The workers' context with AMBIGUITY=on and thresholds that mark every task: any BALD counts
+    as low and any entropy as high. The tiny test encoder is random per session, so thresholds
+    in between would make the outcome a coin toss; this way every task is set aside except the
+    explored ones (10% of the order), which keep their slots in the queue."""
+    engine = dataclasses.replace(settings.engine, mode="head", ambiguity=True, ambiguity_bald=1.0,
+                                 ambiguity_entropy=1e-6)
     on = dataclasses.replace(settings, engine=engine)
     return WorkerContext.from_settings(on, client_factory=ls.client)
 
@@ -35,6 +38,7 @@ def test_first_contact_with_routing_makes_the_view_and_publishes_in_two_ranges(w
     queued = [p for p in live if p["score"] <= QUEUE_TOP]
     aside = [p for p in live if p["score"] >= AMBIGUOUS_SCORE]
     assert queued and aside and len(queued) + len(aside) == len(live)
+    assert len(queued) == round(routed.settings.engine.exploration * len(live))  # the explored tasks only
 
 
 def test_reconcile_makes_the_view_once_when_routing_is_turned_on_later(web, ls, r, context, routed):
