@@ -113,7 +113,7 @@ def enqueue(r: Redis, queue: str, func: str, *args, policy: JobPolicy, descripti
     return job
 
 
-def _fetch(r: Redis, job_id: str | None) -> Job | None:
+def fetch_job(r: Redis, job_id: str | None) -> Job | None:
     """The job with this id, or None when there is no id or RQ no longer has the job."""
     if not job_id:
         return None
@@ -123,8 +123,9 @@ def _fetch(r: Redis, job_id: str | None) -> Job | None:
         return None
 
 
-def _status(r: Redis, job_id: str | None) -> JobStatus | None:
-    job = _fetch(r, job_id)
+def rq_status(r: Redis, job_id: str | None) -> JobStatus | None:
+    """RQ's status of the job with this id, or None when there is no id or RQ no longer has it."""
+    job = fetch_job(r, job_id)
     return job.get_status(refresh=False) if job is not None else None
 
 
@@ -140,10 +141,10 @@ def enqueue_retrain(r: Redis, project_id: int, policy: JobPolicy, reason: str) -
     """
     with r.lock(key(project_id, "retrain:lock"), timeout=_LOCK_SECONDS, blocking_timeout=_LOCK_SECONDS):
         pending = _decode(r.get(key(project_id, "retrain:pending")))
-        if _status(r, pending) in _WAITING:
+        if rq_status(r, pending) in _WAITING:
             return pending, "coalesced"
         running = _decode(r.get(key(project_id, "retrain:running")))
-        if running and _status(r, running) == JobStatus.STARTED:
+        if running and rq_status(r, running) == JobStatus.STARTED:
             r.set(key(project_id, "retrain:again"), reason, ex=policy.timeout * 2)
             return running, "follow-up"
         job = enqueue(r, TRAIN, "workers.training.retrain", int(project_id), policy=policy,
@@ -220,7 +221,7 @@ def enqueue_rescore_once(r: Redis, project_id: int, version: str | None, policy:
 
 def latest_rescore(r: Redis, project_id: int) -> Job | None:
     """The project's newest rescore job, or None when RQ no longer has it."""
-    return _fetch(r, _decode(r.get(key(project_id, "rescore:latest"))))
+    return fetch_job(r, _decode(r.get(key(project_id, "rescore:latest"))))
 
 
 def rescore_under_way(r: Redis, project_id: int) -> bool:
@@ -242,7 +243,7 @@ def retrain_under_way(r: Redis, project_id: int) -> bool:
     """Whether a retrain of the project waits in the queue or runs now."""
     pending = _decode(r.get(key(project_id, "retrain:pending")))
     running = _decode(r.get(key(project_id, "retrain:running")))
-    return _status(r, pending) in _WAITING or _status(r, running) == JobStatus.STARTED
+    return rq_status(r, pending) in _WAITING or rq_status(r, running) == JobStatus.STARTED
 
 
 def enqueue_score_new(r: Redis, project_id: int, task_ids: list[int], policy: JobPolicy) -> Job:
@@ -288,7 +289,7 @@ def schedule_reconcile_if_due(r: Redis, interval: int, policy: JobPolicy) -> Job
 
 def job_status(r: Redis, job_id: str) -> dict | None:
     """Status, progress and error of a job, or None when RQ does not know the id."""
-    job = _fetch(r, job_id)
+    job = fetch_job(r, job_id)
     return describe(job) if job is not None else None
 
 

@@ -32,8 +32,7 @@ from typing import Callable
 
 import torch
 from redis import Redis
-from rq.exceptions import NoSuchJobError
-from rq.job import Job, JobStatus
+from rq.job import JobStatus
 
 from backend import audits, jobqueue, metrics, projects
 from backend.al.embeddings import atomic_write
@@ -198,17 +197,13 @@ def score_shard(context: WorkerContext, project_id: int, version: str | None, sh
 
 
 def _fan_in_ended(r: Redis, run: str) -> bool:
-    try:
-        return Job.fetch(run, connection=r).get_status(refresh=False) in (JobStatus.FINISHED, JobStatus.FAILED)
-    except NoSuchJobError:
-        return False
+    return jobqueue.rq_status(r, run) in (JobStatus.FINISHED, JobStatus.FAILED)
 
 
 def _report_shards_done(r: Redis, folder: Path, run: str) -> None:
     """Show the shards scored so far as the fan-in's progress (it waits, deferred, meanwhile)."""
-    try:
-        fan_in = Job.fetch(run, connection=r)
-    except NoSuchJobError:  # not enqueued yet: the fan-out is still enqueueing shards
+    fan_in = jobqueue.fetch_job(r, run)
+    if fan_in is None:  # not enqueued yet: the fan-out is still enqueueing shards
         return
     done, total = len(list(folder.glob("scores-*.pt"))), len(list(folder.glob("input-*.json")))
     fan_in.meta["progress"] = {"stage": "scoring shards", "done": done, "total": total}
@@ -260,10 +255,8 @@ def _remove_stale_runs(r: Redis, model_dir: Path | str, project_id: int, timeout
     base = Path(model_dir) / SHARDS_DIR / str(int(project_id))
     alive = {JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED, JobStatus.STARTED}
     for folder in list(base.iterdir()) if base.exists() else []:
-        try:
-            stale = Job.fetch(folder.name, connection=r).get_status(refresh=False) not in alive
-        except NoSuchJobError:
-            stale = time.time() - folder.stat().st_mtime > timeout
+        status = jobqueue.rq_status(r, folder.name)
+        stale = status not in alive if status is not None else time.time() - folder.stat().st_mtime > timeout
         if stale:
             _remove_run(folder)
 

@@ -136,17 +136,24 @@ def write_segment(folder: Path, keys: np.ndarray, vectors: Iterable[np.ndarray],
         raise
 
 
+def identity_dir(root: Path | str, identity: str, marker: str) -> Path:
+    """The folder of one cache identity under root (created), named by the identity's hash, with a
+    ``marker`` file that says in words which identity it holds."""
+    folder = Path(root) / hashlib.sha1(identity.encode()).hexdigest()[:16]
+    folder.mkdir(parents=True, exist_ok=True)
+    if not (folder / marker).exists():
+        (folder / marker).write_text(identity + "\n")
+    return folder
+
+
 class EmbeddingCache:
     """Embeddings of one encoder, persisted under root in memory-mapped segments."""
 
     def __init__(self, root: Path, identity: str) -> None:
         self.identity = identity
-        self.dir = Path(root) / hashlib.sha1(identity.encode()).hexdigest()[:16]
+        self.dir = identity_dir(root, identity, "ENCODER")
         self.segments_dir = self.dir / "segments"
-        self.segments_dir.mkdir(parents=True, exist_ok=True)
-        marker = self.dir / "ENCODER"
-        if not marker.exists():
-            marker.write_text(identity + "\n")
+        self.segments_dir.mkdir(exist_ok=True)
         self._open: dict[str, Segment] = {}
         self._unreadable: set[str] = set()  # warned about once
         self._legacy = any(self.dir.glob("??.pt"))

@@ -22,7 +22,7 @@ from typing import Sequence
 
 import torch
 
-from backend.al.embeddings import atomic_write, text_key
+from backend.al.embeddings import atomic_write, identity_dir, text_key
 
 CUDA_TOKEN_BUDGET = 262_144
 """Tokens (rows x padded length, T copies included) per forward pass on a GPU: large enough
@@ -113,12 +113,7 @@ class TokenCache:
 
     def __init__(self, root: Path | None, identity: str) -> None:
         self.identity = identity
-        self.dir = Path(root) / hashlib.sha1(identity.encode()).hexdigest()[:16] if root is not None else None
-        if self.dir is not None:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            marker = self.dir / "TOKENIZER"
-            if not marker.exists():
-                marker.write_text(identity + "\n")
+        self.dir = identity_dir(root, identity, "TOKENIZER") if root is not None else None
         self._memory: dict[str, torch.Tensor] = {}
         self._loaded: dict[str, float] = {}
 

@@ -23,6 +23,8 @@ import re
 
 import torch
 
+from backend.al.blocks import by_blocks
+
 TEMPERATURE = 0.05
 """Softmax temperature on cosine similarities (MiniLM's text-to-name similarities spread by ~0.07)."""
 
@@ -56,12 +58,7 @@ def cosine(texts: torch.Tensor, names: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"need (N, D) and (C, D) embeddings, got {tuple(texts.shape)} and {tuple(names.shape)}")
     a = torch.nn.functional.normalize(texts.double(), dim=1)
     b = torch.nn.functional.normalize(names.double(), dim=1)
-    blocks = [a.new_zeros(0, b.shape[0])]
-    for start in range(0, a.shape[0], _BLOCK):
-        rows = a[start:start + _BLOCK]
-        padded = torch.cat([rows, rows.new_zeros(_BLOCK - rows.shape[0], rows.shape[1])])
-        blocks.append((padded @ b.T)[:rows.shape[0]])
-    return torch.cat(blocks)
+    return by_blocks(a, lambda rows: rows @ b.T, _BLOCK)
 
 
 def zero_shot_scores(texts: torch.Tensor, names: torch.Tensor,

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from backend.al.blocks import by_blocks
 from backend.al.kinds.base import KindBase, Model, Progress, keep_masks, logits_to_probs, stats_of
 from backend.al.training import TrainConfig, fit
 
@@ -72,14 +73,10 @@ class MCDropoutHead(nn.Module):
         # T masked products, scripts/bench_scoring.py).
         folded = (masks.unsqueeze(2) * self.out.weight.T.unsqueeze(0)).permute(1, 0, 2).reshape(-1, samples * classes)
         bias = self.out.bias.repeat(samples)  # (T*C,)
-        parts = []
-        for start in range(0, x.shape[0], block):
-            rows = x[start:start + block]
-            h = F.relu(self.hidden(F.pad(rows, (0, 0, 0, block - rows.shape[0]))))  # (block, H)
-            parts.append(torch.addmm(bias, h, folded)[:rows.shape[0]].view(-1, samples, classes))  # (n, T, C)
-        if not parts:
-            return x.new_zeros(0, samples, classes)
-        return torch.cat(parts)
+        def logits(rows: torch.Tensor) -> torch.Tensor:  # (block, D) -> (block, T, C)
+            return torch.addmm(bias, F.relu(self.hidden(rows)), folded).view(-1, samples, classes)
+
+        return by_blocks(x, logits, block)
 
 
 class Kind(KindBase):

@@ -27,6 +27,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from backend.al.blocks import by_blocks
 from backend.al.kinds.base import KindBase, Model, Progress, logits_to_probs, stats_of
 from backend.al.training import _threads, class_weights
 
@@ -126,16 +127,7 @@ def scores(x: torch.Tensor, weights: torch.Tensor, bias: torch.Tensor, block: in
     of exactly ``block`` rows (the last one zero-padded), because BLAS picks its kernels, and so
     the last bits of a row's result, by the number of rows.
     """
-    t, _, c = weights.shape
-    x = x.to(weights.dtype)
-    parts = []
-    for start in range(0, x.shape[0], block):
-        rows = x[start:start + block]
-        padded = F.pad(rows, (0, 0, 0, block - rows.shape[0]))
-        parts.append((torch.matmul(padded, weights) + bias).permute(1, 0, 2)[:rows.shape[0]])  # (n, T, C)
-    if not parts:
-        return x.new_zeros(0, t, c)
-    return torch.cat(parts)
+    return by_blocks(x.to(weights.dtype), lambda rows: (torch.matmul(rows, weights) + bias).permute(1, 0, 2), block)
 
 
 L2_PER_LABEL_PER_CLASS = 0.01
