@@ -67,6 +67,11 @@ ENGINE_VARIABLES: dict[str, tuple[str, str]] = {
     "COLD_START": ("cold_start", "order before any model: `clusters` (k-means representatives) or `zero-shot` "
                                  "(class coverage of the label names); zero-shot pre-annotations are published "
                                  "with either when the names mean something to the encoder."),
+    "PROPAGATION": ("propagation", "`linear` kind: add the pool texts that label spreading over a k-NN graph labels "
+                                   "confidently as pseudo-labels; `auto` only when a 5-fold check on the labels says "
+                                   "spreading labels them better than the plain fit, `on` always, `off` never."),
+    "PROPAGATION_POOL": ("propagation_pool", "at most this many unlabelled texts (a seeded sample) join the graph; "
+                                             "the graph costs O(N^2) similarity products per retrain."),
     "EXPLORATION": ("exploration", "share of the order filled with uniformly random tasks (marked as such)."),
     "WARM_START": ("warm_start",
                    "start training from the previous version's head (off: it cost 3-4 points on AG News)."),

@@ -52,6 +52,13 @@ def training_set(annotated: list[dict], spec: TaskSpec) -> tuple[list[int], list
     return ids, texts, labels
 
 
+def unlabelled_texts(context: WorkerContext, index) -> list[str]:
+    """The project's unlabelled task texts for the learner's pseudo-labels (none when propagation is off)."""
+    if context.settings.engine.propagation == "off":
+        return []
+    return index.unlabelled()[1]
+
+
 def _train(context: WorkerContext, r: Redis, project_id: int) -> str | None:
     project = context.sync_project(r, project_id)
     # Count first: an annotation made while we train leaves the count stale, so reconcile retrains.
@@ -72,7 +79,8 @@ def _train(context: WorkerContext, r: Redis, project_id: int) -> str | None:
     previous = context.usable_model(project_id, current, spec) if current else None
     try:
         model = context.learner.fit(texts, labels, spec.classes, multilabel=spec.multilabel,
-                                    previous=previous, progress=report_progress("training"))
+                                    previous=previous, progress=report_progress("training"),
+                                    pool=unlabelled_texts(context, project.index))
     except NotEnoughLabels as exc:  # not a failure: wait for more annotations (retrying won't help)
         projects.set_trained_count(r, project_id, count)
         log.info("project %s: %s", project_id, exc)

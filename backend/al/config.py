@@ -9,6 +9,9 @@ from backend.al.kinds import AUTO, KINDS
 STRATEGIES = ("margin", "bald", "entropy", "least_confidence", "variation_ratios", "random")
 """Acquisition functions by the name the settings and the CLI use (``acquisition.FUNCTIONS`` has them)."""
 COLD_STARTS = ("clusters", "zero-shot")
+PROPAGATIONS = ("auto", "on", "off")
+"""Pseudo-labels from label spreading over the pool (backend.al.propagation): auto = when a k-fold
+check on the labels says spreading labels them better than the plain fit."""
 """Cold-start orders before any model: k-means representatives, or class coverage of the label names."""
 
 
@@ -31,6 +34,11 @@ class EngineConfig:
     device: str = "auto"
     hidden: int = 256
     dropout: float = 0.3
+    # The linear kind's pseudo-labels from label spreading over the unlabelled pool (backend.al.propagation):
+    # "auto" checks on the labels (k-fold) that spreading labels held-out ones better than the plain
+    # fit, and uses it only then; at most propagation_pool pool texts (a seeded sample) join the graph.
+    propagation: str = "auto"
+    propagation_pool: int = 20000
     l2: float = 0.0  # prior precision of the linear kind's weights; 0: by the labelled set's shape (kinds.linear)
     max_length: int = 128
     batch_size: int = 64
@@ -54,6 +62,8 @@ class EngineConfig:
             raise ValueError(f"unknown strategy {self.strategy!r}; choose from {', '.join(STRATEGIES)}")
         if self.cold_start not in COLD_STARTS:
             raise ValueError(f"cold_start must be one of {', '.join(COLD_STARTS)}, got {self.cold_start!r}")
+        if self.propagation not in PROPAGATIONS:
+            raise ValueError(f"propagation must be one of {', '.join(PROPAGATIONS)}, got {self.propagation!r}")
         if self.mc_samples < 1:
             raise ValueError(f"mc_samples must be >= 1, got {self.mc_samples}")
         if self.mc_layers < 0:
@@ -71,6 +81,6 @@ class EngineConfig:
             raise ValueError(f"l2 must be >= 0 (0: by shape), got {self.l2}")
         if not 0 < self.dropout < 1:
             raise ValueError(f"dropout must be in (0, 1), got {self.dropout}")
-        for name in ("hidden", "max_length", "batch_size", "cold_start_clusters"):
+        for name in ("hidden", "max_length", "batch_size", "cold_start_clusters", "propagation_pool"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -136,8 +136,13 @@ class ActiveLearner:
         multilabel: bool = False,
         previous: Model | None = None,
         progress: Progress | None = None,
+        pool: Sequence[str] = (),
     ) -> Model:
-        """Train a model of the configured kind; warm-starts from `previous` when configured."""
+        """Train a model of the configured kind; warm-starts from `previous` when configured.
+
+        ``pool``: the project's unlabelled texts, which the ``linear`` kind may draw pseudo-labels
+        from (``EngineConfig.propagation``); the other kinds ignore them.
+        """
         classes = list(classes)
         targets = encode_targets(labels, classes, multilabel)
         if len(texts) != targets.shape[0]:
@@ -147,7 +152,7 @@ class ActiveLearner:
             raise NotEnoughLabels(f"need labels of at least 2 classes to train, got {present}")
         name = self.training_kind(targets)
         warm = previous if self.config.warm_start and self._compatible(previous, classes, multilabel, name) else None
-        return self.kind(name).fit(texts, targets, classes, multilabel, warm, progress)
+        return self.kind(name).fit(texts, targets, classes, multilabel, warm, progress, pool=pool)
 
     def training_kind(self, targets: torch.Tensor) -> str:
         """The kind :meth:`fit` trains for targets (N, C): the configured mode, or with ``auto`` the

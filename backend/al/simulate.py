@@ -164,7 +164,8 @@ def run_one(learner: ActiveLearner, pool: tuple[list[str], list[str]], test: tup
     unlabelled = sorted(set(range(len(texts))) - set(labelled))
     rows, model, round_ = [], None, 0
     while True:
-        model = learner.fit([texts[i] for i in labelled], [answers[i] for i in labelled], classes, previous=model)
+        model = learner.fit([texts[i] for i in labelled], [answers[i] for i in labelled], classes, previous=model,
+                            pool=[texts[i] for i in unlabelled])
         pred = learner.predict_proba(model, test[0]).argmax(dim=1)
         rows.append({"labels": len(labelled), "accuracy": float((pred == test_gold).float().mean()),
                      "macro_f1": macro_f1(pred.tolist(), test_gold.tolist()),

@@ -100,8 +100,12 @@ class ModelKind(Protocol):
     name: str
 
     def fit(self, texts: Sequence[str], targets: torch.Tensor, classes: list[str], multilabel: bool,
-            previous: Model | None, progress: Progress | None) -> Model:
-        """Train on texts with targets (N, C) over ``classes``; warm-start from ``previous`` when given."""
+            previous: Model | None, progress: Progress | None, pool: Sequence[str] = ()) -> Model:
+        """Train on texts with targets (N, C) over ``classes``; warm-start from ``previous`` when given.
+
+        ``pool``: unlabelled texts of the project, for kinds that learn from them (``linear``'s
+        pseudo-labels); the others ignore it.
+        """
         ...
 
     def mc_probs(self, model: Model, texts: Sequence[str], seed: int,

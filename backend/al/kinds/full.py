@@ -268,7 +268,7 @@ class Kind(KindBase):
         return net
 
     def fit(self, texts: Sequence[str], targets: torch.Tensor, classes: list[str], multilabel: bool,
-            previous: Model | None, progress: Progress | None) -> Model:
+            previous: Model | None, progress: Progress | None, pool: Sequence[str] = ()) -> Model:
         """Fine-tune the encoder and a linear layer (seeded), or continue from ``previous``."""
         net = self._network(len(classes), previous.state if previous is not None else None)
         tokens, pad = self.tokens(texts), self.tokenizer.pad_token_id or 0

@@ -85,7 +85,7 @@ class Kind(KindBase):
     name = "head"
 
     def fit(self, texts: Sequence[str], targets: torch.Tensor, classes: list[str], multilabel: bool,
-            previous: Model | None, progress: Progress | None) -> Model:
+            previous: Model | None, progress: Progress | None, pool: Sequence[str] = ()) -> Model:
         """Train a fresh head (seeded), or continue from ``previous``'s weights."""
         cfg = self.backbone.config
         x = self.backbone.embed(texts)

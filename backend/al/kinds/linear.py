@@ -27,6 +27,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from backend.al import propagation
 from backend.al.blocks import by_blocks
 from backend.al.kinds.base import KindBase, Model, Progress, logits_to_probs, stats_of
 from backend.al.training import _threads, class_weights
@@ -54,13 +55,15 @@ class LinearArch:
 
 
 def fit_logistic(x: torch.Tensor, targets: torch.Tensor, multilabel: bool, l2: float,
-                 weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, dict]:
+                 weights: torch.Tensor | None = None,
+                 items: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """L2-regularised logistic regression, to convergence. x (N, D), targets (N, C) -> (W (D, C), b (C,), stats).
 
     Minimises ``sum_i w_i loss_i + l2 / 2 * ||W||^2`` (the bias is not penalised), which is
     scikit-learn's ``LogisticRegression(C=1/l2)`` objective; ``weights`` (C,) weight each item
-    by its class (single-label) or each label's positives (multi-label). Float64, one thread,
-    deterministic: the same inputs give the same bits.
+    by its class (single-label) or each label's positives (multi-label); ``items`` (N,), single-label
+    only, weight each item directly instead (pseudo-labels get their own weight). Float64, one
+    thread, deterministic: the same inputs give the same bits.
     """
     if l2 <= 0:
         raise ValueError(f"l2 must be > 0, got {l2}")
@@ -70,11 +73,16 @@ def fit_logistic(x: torch.Tensor, targets: torch.Tensor, multilabel: bool, l2: f
     w = torch.zeros(d, c, dtype=torch.float64, requires_grad=True)
     b = torch.zeros(c, dtype=torch.float64, requires_grad=True)
     if multilabel:
+        if items is not None:
+            raise ValueError("per-item weights are for single-label targets")
         pos = None if weights is None else weights.double()
         item = None
     else:
         pos = None
-        item = torch.ones(n, dtype=torch.float64) if weights is None else (y64 @ weights.double())
+        if items is not None:
+            item = items.double()
+        else:
+            item = torch.ones(n, dtype=torch.float64) if weights is None else (y64 @ weights.double())
     optimizer = torch.optim.LBFGS([w, b], lr=1, max_iter=_MAX_ITER, tolerance_grad=_TOLERANCE,
                                   tolerance_change=1e-12, history_size=20, line_search_fn="strong_wolfe")
     scale = 1.0 / n  # the mean form: the same optimum, gradients of order 1 whatever N is
@@ -152,23 +160,35 @@ class Kind(KindBase):
     name = "linear"
     class_weighted = True  # single-label items weighted by inverse class frequency (training.class_weights)
     posterior = True  # T samples from the Laplace posterior; False: the fit alone (T = 1)
+    propagates = True  # pseudo-labels from label spreading over the pool (EngineConfig.propagation)
 
     def fit(self, texts: Sequence[str], targets: torch.Tensor, classes: list[str], multilabel: bool,
-            previous: Model | None, progress: Progress | None) -> Model:
-        """Fit from scratch (convex: a warm start would reach the same optimum, so ``previous`` is unused)."""
+            previous: Model | None, progress: Progress | None, pool: Sequence[str] = ()) -> Model:
+        """Fit from scratch (convex: a warm start would reach the same optimum, so ``previous`` is unused).
+
+        ``pool``: unlabelled texts; with ``propagation`` on (or ``auto`` and the check passing) the
+        ones label spreading labels confidently join the fit as pseudo-labels (:func:`propagate`).
+        """
         cfg = self.backbone.config
         x = self.backbone.embed(texts).float().cpu()
         targets = targets.float().cpu()
         l2 = self.l2(len(texts), targets.shape[1])
         weights = class_weights(targets, multilabel) if self.class_weighted else None
-        w, b, fit_stats = fit_logistic(x, targets, multilabel, l2, weights)
+        items = None if weights is None or multilabel else targets @ weights
+        pseudo, spread_stats = self.propagate(x, targets, multilabel, pool, progress)
+        if pseudo is not None:
+            px, pt, pw = pseudo
+            w, b, fit_stats = fit_logistic(torch.cat([x, px]), torch.cat([targets, pt]), False, l2,
+                                           items=torch.cat([items if items is not None else torch.ones(len(x)), pw]))
+        else:
+            w, b, fit_stats = fit_logistic(x, targets, multilabel, l2, weights)
         # Samples only where the acquisition reads their disagreement; the others rank by the mean, for
         # which the fit itself is better than an average of samples (and T = 1 is the fit, not one sample).
-        # Ambiguity routing reads BALD too (acquisition.ambiguous).
+        # Ambiguity routing reads BALD too (acquisition.ambiguous). The posterior's curvature is the
+        # labelled items' only: pseudo-labels move the fit, not how sure it may be.
         posterior = self.posterior and cfg.mc_samples > 1 and (cfg.strategy in SAMPLED or cfg.ambiguity)
         if posterior:
             generator = torch.Generator().manual_seed(cfg.seed)
-            items = None if weights is None or multilabel else targets @ weights
             sampled = laplace_samples(x, w, b, multilabel, l2, cfg.mc_samples, generator, items)
         else:
             sampled = w.float().unsqueeze(0)
@@ -177,7 +197,45 @@ class Kind(KindBase):
             progress(1, 1)
         return Model(classes=list(classes), multilabel=multilabel, encoder=self.backbone.identity, kind=self.name,
                      state={"weights": sampled.contiguous(), "bias": b.float()}, n_train=len(texts),
-                     arch=asdict(arch), stats=stats_of(targets, False, fit_stats))
+                     arch=asdict(arch), stats=stats_of(targets, False, {**fit_stats, **spread_stats}))
+
+    def propagate(self, x: torch.Tensor, targets: torch.Tensor, multilabel: bool, pool: Sequence[str],
+                  progress: Progress | None) -> tuple[tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None, dict]:
+        """Pseudo-labels from label spreading over the labelled texts x (L, D) and ``pool``.
+
+        Returns ((embeddings (P, D), one-hot targets (P, C), weights (P,)) or None, stats). None when
+        the kind does not propagate, ``propagation`` is off, the targets are multi-label, the pool
+        is empty, or (``auto``) when spreading labels held-out labels no better than the plain fit
+        (:func:`backend.al.propagation.helps`). At most ``propagation_pool`` pool texts (a seeded
+        sample) go into the graph.
+        """
+        cfg = self.backbone.config
+        if not self.propagates or cfg.propagation == "off" or multilabel or len(pool) == 0:
+            return None, {}
+        rows = propagation.sample_rows(len(pool), cfg.propagation_pool, cfg.seed)
+        pool_x = self.backbone.embed([pool[i] for i in rows.tolist()], progress).float().cpu()
+        graph = propagation.knn_graph(torch.cat([x, pool_x]))
+        seeds, labels, n_classes = torch.arange(len(x)), targets.argmax(dim=1), targets.shape[1]
+        stats: dict = {"propagation_pool": len(pool_x)}
+        if cfg.propagation == "auto":
+            def fit_predict(train: torch.Tensor, held: torch.Tensor) -> torch.Tensor:
+                t = targets[train]
+                item = t @ class_weights(t, False) if self.class_weighted else None
+                w, b, _ = fit_logistic(x[train], t, False, self.l2(len(train), n_classes), items=item)
+                return (x[held].double() @ w + b).argmax(dim=1)
+
+            check = propagation.helps(graph, seeds, labels, n_classes, fit_predict, cfg.seed)
+            stats["propagation_check"] = [check.spread_correct, check.plain_correct, check.held_out]
+            if not check.helps:
+                return None, {**stats, "pseudo_labels": 0}
+        f = propagation.spread(graph, seeds, labels, n_classes)
+        pseudo = propagation.pseudo_labels(f, torch.arange(len(x), len(x) + len(pool_x)))
+        stats["pseudo_labels"] = int(pseudo.rows.numel())
+        if pseudo.rows.numel() == 0:
+            return None, stats
+        weight = propagation.PSEUDO_WEIGHT * len(x) / pseudo.rows.numel()
+        return ((pool_x[pseudo.rows - len(x)], F.one_hot(pseudo.classes, n_classes).float(),
+                 torch.full((pseudo.rows.numel(),), weight)), stats)
 
     def l2(self, n_labels: int, n_classes: int) -> float:
         """The prior precision: the ``l2`` setting, or by the labelled set's shape when it is 0."""

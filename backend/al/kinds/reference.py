@@ -1,8 +1,8 @@
 """The ``reference`` kind: the plain loop the engine must beat, as a kind every benchmark can run.
 
 Frozen embeddings + multinomial logistic regression, scikit-learn's defaults (L2, C = 1, no
-class weights), fitted to convergence; one probability per text (T = 1), so margin on it is
-plain margin. The simulation's ``reference`` strategy is this kind + margin, top-k, no
+class weights, no pseudo-labels from the pool), fitted to convergence; one probability per text
+(T = 1), so margin on it is plain margin. The simulation's ``reference`` strategy is this kind + margin, top-k, no
 exploration (``backend.al.simulate``).
 """
 
@@ -17,6 +17,7 @@ class Kind(linear.Kind):
     name = "reference"
     class_weighted = False
     posterior = False
+    propagates = False
 
     def l2(self, n_labels: int, n_classes: int) -> float:
         return 1.0

@@ -1,0 +1,170 @@
+"""Label propagation (backend.al.propagation) and the ``linear`` kind's pseudo-labels from the pool.
+
+The graph, spreading and the k-fold check are tested on synthetic clusters whose answer is known;
+the kind is tested on a backbone whose embeddings are those clusters (the encoder is not what is
+under test here), with the setting ``auto``, ``on`` and ``off``."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from backend.al import propagation
+from backend.al.config import EngineConfig
+from backend.al.kinds import kind_class
+
+
+def clusters(per: int, c: int, d: int, spread_: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """c well-separated clusters of ``per`` unit vectors each: (c * per, d) and their classes."""
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.eye(d)[:c]
+    x = centres.repeat_interleave(per, 0) + spread_ * torch.randn(c * per, d, generator=g)
+    return F.normalize(x, dim=1), torch.arange(c).repeat_interleave(per)
+
+
+@settings(max_examples=15, deadline=None)
+@given(n=st.integers(3, 300), d=st.integers(2, 16), k=st.integers(1, 12), seed=st.integers(0, 10**6))
+def test_the_graph_is_symmetric_normalised_and_loop_free(n, d, k, seed):
+    x = F.normalize(torch.randn(n, d, generator=torch.Generator().manual_seed(seed)), dim=1)
+    graph = propagation.knn_graph(x, k).to_dense()
+    assert torch.allclose(graph, graph.T, atol=1e-6)
+    assert torch.all(graph.diagonal() == 0)
+    assert torch.all(graph >= 0)
+    # D^-1/2 W D^-1/2: its largest eigenvalue is 1 when every node has an edge of positive weight
+    assert torch.linalg.eigvalsh(graph.double()).max() <= 1 + 1e-5
+
+
+def test_the_graph_links_each_text_to_its_nearest():
+    x, y = clusters(20, 3, 8, 0.05, 0)
+    graph = propagation.knn_graph(x, 5).to_dense()
+    linked = graph > 0
+    assert torch.all(linked.sum(dim=1) >= 5)
+    assert not torch.any(linked & (y[:, None] != y[None, :]))  # tight, far-apart clusters: no edge across
+    with pytest.raises(ValueError, match="at least 2"):
+        propagation.knn_graph(x[:1])
+
+
+def test_spreading_labels_each_cluster_from_one_seed():
+    x, y = clusters(30, 4, 8, 0.05, 1)
+    graph = propagation.knn_graph(x)
+    seeds = torch.tensor([0, 30, 60, 90])
+    f = propagation.spread(graph, seeds, y[seeds], 4)
+    assert torch.equal(f.argmax(dim=1), y)
+    pseudo = propagation.pseudo_labels(f, torch.arange(120))
+    assert torch.equal(pseudo.classes, y[pseudo.rows]) and pseudo.rows.numel() == 120
+    assert torch.all(pseudo.confidence >= propagation.MIN_CONFIDENCE)
+    strict = propagation.pseudo_labels(f, torch.arange(120), min_confidence=1.01)
+    assert strict.rows.numel() == 0
+    with pytest.raises(ValueError, match="seed rows"):
+        propagation.spread(graph, seeds, y[:3], 4)
+
+
+def test_a_component_without_labels_gets_no_pseudo_label():
+    x, y = clusters(15, 2, 8, 0.02, 2)
+    graph = propagation.knn_graph(x, 3)  # the two clusters are not linked
+    f = propagation.spread(graph, torch.tensor([0]), torch.tensor([0]), 2)
+    assert torch.all(f[15:] == 0)
+    assert set(propagation.pseudo_labels(f, torch.arange(30)).rows.tolist()) <= set(range(15))
+
+
+def test_the_check_uses_spreading_only_when_it_labels_held_out_labels_better():
+    x, y = clusters(25, 3, 8, 0.05, 3)
+    graph = propagation.knn_graph(x)
+    seeds = torch.arange(0, 75, 3)  # 25 labels across the three clusters
+
+    def wrong(train, held):
+        return (y[seeds[held]] + 1) % 3
+
+    def right(train, held):
+        return y[seeds[held]]
+
+    assert propagation.helps(graph, seeds, y[seeds], 3, wrong, seed=0).helps  # spreading is right, the fit is not
+    check = propagation.helps(graph, seeds, y[seeds], 3, right, seed=0)
+    assert not check.helps and check.plain_correct == check.held_out == 25  # a tie is not enough
+    shuffled = y[seeds][torch.randperm(25, generator=torch.Generator().manual_seed(0))]  # labels across clusters
+    check = propagation.helps(graph, seeds, shuffled, 3, lambda train, held: shuffled[held], seed=0)
+    assert not check.helps and check.spread_correct < check.plain_correct
+    few = propagation.helps(graph, seeds[:4], y[seeds[:4]], 3, wrong, seed=0)
+    assert (few.held_out, few.helps) == (0, False)
+
+
+def test_sample_rows_is_seeded_sorted_and_bounded():
+    assert torch.equal(propagation.sample_rows(5, 10, 0), torch.arange(5))
+    a = propagation.sample_rows(1000, 100, 7)
+    assert a.numel() == 100 and torch.equal(a, a.sort().values) and a.unique().numel() == 100
+    assert torch.equal(a, propagation.sample_rows(1000, 100, 7))
+    assert not torch.equal(a, propagation.sample_rows(1000, 100, 8))
+
+
+class ClusterBackbone:
+    """A backbone whose embedding of text "i" is row i of fixed cluster vectors."""
+
+    def __init__(self, config: EngineConfig, x: torch.Tensor) -> None:
+        self.config, self.x = config, x
+        self.encoder_path, self.identity = "clusters", "clusters"
+        self.embedded: list[int] = []
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cpu")
+
+    def embed(self, texts, progress=None) -> torch.Tensor:
+        self.embedded.append(len(texts))
+        return self.x[[int(t) for t in texts]]
+
+
+def sectors(per: int = 100) -> tuple[torch.Tensor, torch.Tensor]:
+    """Points on the unit circle in 4 arcs of 60 degrees 90 degrees apart; classes alternate (A B A B).
+
+    No line separates the classes (a logistic regression gets about half the held-out labels),
+    while each arc is one chain of near neighbours (spreading gets all of them)."""
+    angles = torch.cat([torch.linspace(-30, 30, per) + 90 * j for j in range(4)]).deg2rad()
+    return torch.stack([angles.cos(), angles.sin()], dim=1), torch.arange(4).repeat_interleave(per) % 2
+
+
+def _fit(setting: str, data=None, kind: str = "linear", multilabel: bool = False):
+    x, y = data if data is not None else clusters(200, 4, 16, 0.25, 4)
+    n, c, per = len(y), int(y.max()) + 1, len(y) // 4
+    labelled = torch.tensor([j * per + i for j in range(4) for i in (5, per // 2, per - 5)])  # 3 in each quarter
+    pool = [str(i) for i in range(n) if i not in set(labelled.tolist())]
+    backbone = ClusterBackbone(dataclasses.replace(EngineConfig(), propagation=setting, propagation_pool=300), x)
+    targets = F.one_hot(y[labelled], c).float()
+    model = kind_class(kind)(backbone).fit([str(i) for i in labelled.tolist()], targets, list("ABCD")[:c],
+                                           multilabel, None, None, pool=pool)
+    return model, backbone
+
+
+def test_auto_adds_pseudo_labels_only_where_spreading_wins_the_check():
+    model, _ = _fit("auto", sectors())
+    spread_correct, plain_correct, held = model.stats["propagation_check"]
+    assert (spread_correct, held) == (12, 12) and plain_correct <= 9
+    assert model.stats["propagation_pool"] == 300  # the seeded sample, not all 388
+    assert model.stats["pseudo_labels"] > 250
+    x, y = clusters(100, 4, 16, 0.05, 5)  # tight clusters: the plain fit is right too, a tie is not a win
+    model, _ = _fit("auto", (x, y))
+    spread_correct, plain_correct, held = model.stats["propagation_check"]
+    assert spread_correct == plain_correct == held == 12 and model.stats["pseudo_labels"] == 0
+
+
+def test_on_adds_pseudo_labels_without_the_check():
+    model, _ = _fit("on")
+    assert model.stats["pseudo_labels"] > 250 and "propagation_check" not in model.stats
+    assert model.n_train == 12  # pseudo-labels are not labels
+
+
+def test_off_the_reference_and_multi_label_fit_the_labels_alone():
+    for model, backbone in (_fit("off"), _fit("on", kind="reference"), _fit("on", multilabel=True)):
+        assert "pseudo_labels" not in model.stats
+        assert backbone.embedded == [12]  # the pool was never embedded
+
+
+def test_an_unknown_propagation_setting_is_refused():
+    with pytest.raises(ValueError, match="propagation must be one of auto, on, off"):
+        EngineConfig(propagation="sometimes")
+    with pytest.raises(ValueError, match="propagation_pool must be >= 1"):
+        EngineConfig(propagation_pool=0)
