@@ -39,7 +39,7 @@ class _FirstFit:
     class config:
         ambiguity = False
 
-    def fit(self, texts, labels, classes, previous=None):
+    def fit(self, texts, labels, classes, previous=None, pool=()):
         raise _SeedSetSeen(texts)
 
 

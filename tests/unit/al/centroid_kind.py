@@ -17,8 +17,8 @@ class Kind(KindBase):
     name = "centroid"
 
     def fit(self, texts: Sequence[str], targets: torch.Tensor, classes: list[str], multilabel: bool,
-            previous: Model | None, progress: Progress | None) -> Model:
-        x = self.backbone.embed(texts)
+            previous: Model | None, progress: Progress | None, pool: Sequence[str] = ()) -> Model:
+        x = self.backbone.embed(texts)  # the pool's texts are not used by this kind
         centroids = (targets.T @ x) / targets.sum(dim=0).clamp_min(1).unsqueeze(1)  # (C, D)
         return Model(classes=list(classes), multilabel=multilabel, encoder=self.backbone.identity,
                      kind=self.name, state={"centroids": centroids}, n_train=len(texts),

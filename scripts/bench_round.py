@@ -1,0 +1,68 @@
+"""One engine round on a real pool: retrain (with the pool for pseudo-labels) + re-score, timed.
+
+    .venv/bin/python scripts/bench_round.py [--labels 100,500] [--datasets agnews,clinc150]
+        [--cache-dir data/embeddings] [--threads 1]
+
+For each dataset (``../shared/data``) and labelled-set size: a seeded random labelled set, the
+rest of the pool unlabelled; times ``ActiveLearner.fit(..., pool=unlabelled)`` and
+``ActiveLearner.rank`` over the unlabelled pool with the default engine settings, once with
+``propagation`` as configured (auto) and once off. Embeddings come from the cache (the first
+run embeds the pools: minutes on a CPU); publishing to Label Studio is not part of it
+(scripts/bench_loop.py times whole rounds against LS). Prints one line per case, with the
+propagation check's counts and the number of pseudo-labels, and the machine's load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from backend.al.config import EngineConfig  # noqa: E402
+from backend.al.datasets import load_tsv  # noqa: E402
+from backend.al.learner import ActiveLearner  # noqa: E402
+
+DATA = ROOT.parent / "shared" / "data"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--labels", default="100,500", help="labelled-set sizes, comma-separated")
+    parser.add_argument("--datasets", default="agnews,clinc150", help="folders of ../shared/data with pool.tsv")
+    parser.add_argument("--cache-dir", default=str(ROOT / "data" / "embeddings"))
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: as the simulations run)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    for name in args.datasets.split(","):
+        texts, labels = load_tsv(DATA / name / "pool.tsv")
+        classes = sorted(set(labels))
+        for setting in ("auto", "off"):
+            learner = ActiveLearner(dataclasses.replace(EngineConfig(), propagation=setting), Path(args.cache_dir))
+            learner.embed(texts)  # warm the cache first: the round reads cached embeddings
+            for n in (int(v) for v in args.labels.split(",")):
+                order = torch.randperm(len(texts), generator=torch.Generator().manual_seed(args.seed)).tolist()
+                picked, rest = order[:n], order[n:]
+                start = time.perf_counter()
+                model = learner.fit([texts[i] for i in picked], [labels[i] for i in picked], classes,
+                                    pool=[texts[i] for i in rest])
+                fitted = time.perf_counter()
+                learner.rank(model, [texts[i] for i in rest], ids=rest)
+                done = time.perf_counter()
+                stats = {k: model.stats.get(k) for k in ("propagation_check", "pseudo_labels")}
+                print(f"{name} pool={len(rest)} classes={len(classes)} labels={n} propagation={setting}: "
+                      f"fit {fitted - start:.1f} s, rank {done - fitted:.2f} s, round {done - start:.1f} s "
+                      f"{stats} load={os.getloadavg()[0]:.1f}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
