@@ -205,8 +205,8 @@ class Kind(KindBase):
 
         Returns ((embeddings (P, D), one-hot targets (P, C), weights (P,)) or None, stats). None when
         the kind does not propagate, ``propagation`` is off, the targets are multi-label, the pool
-        is empty, or (``auto``) when spreading labels held-out labels no better than the plain fit
-        (:func:`backend.al.propagation.helps`). At most ``propagation_pool`` pool texts (a seeded
+        is empty, or (``auto``) when the fit with the pseudo-labels labels held-out labels no better
+        than without them (:func:`backend.al.propagation.helps`). At most ``propagation_pool`` pool texts (a seeded
         sample) go into the graph.
         """
         cfg = self.backbone.config
@@ -217,19 +217,27 @@ class Kind(KindBase):
         graph = propagation.knn_graph(torch.cat([x, pool_x]))
         seeds, labels, n_classes = torch.arange(len(x)), targets.argmax(dim=1), targets.shape[1]
         stats: dict = {"propagation_pool": len(pool_x)}
+        pool_rows = torch.arange(len(x), len(x) + len(pool_x))
         if cfg.propagation == "auto":
-            def fit_predict(train: torch.Tensor, held: torch.Tensor) -> torch.Tensor:
+            def fit_predict(train: torch.Tensor, held: torch.Tensor,
+                            pseudo: propagation.PseudoLabels | None) -> torch.Tensor:
                 t = targets[train]
-                item = t @ class_weights(t, False) if self.class_weighted else None
-                w, b, _ = fit_logistic(x[train], t, False, self.l2(len(train), n_classes), items=item)
+                item = t @ class_weights(t, False) if self.class_weighted else torch.ones(len(t))
+                rows, l2 = x[train], self.l2(len(train), n_classes)
+                if pseudo is not None and pseudo.rows.numel():
+                    weight = propagation.PSEUDO_WEIGHT * len(train) / pseudo.rows.numel()
+                    rows = torch.cat([rows, pool_x[pseudo.rows - len(x)]])
+                    t = torch.cat([t, F.one_hot(pseudo.classes, n_classes).float()])
+                    item = torch.cat([item, torch.full((pseudo.rows.numel(),), weight)])
+                w, b, _ = fit_logistic(rows, t, False, l2, items=item)
                 return (x[held].double() @ w + b).argmax(dim=1)
 
-            check = propagation.helps(graph, seeds, labels, n_classes, fit_predict, cfg.seed)
+            check = propagation.helps(graph, seeds, labels, n_classes, fit_predict, cfg.seed, pool_rows)
             stats["propagation_check"] = [check.spread_correct, check.plain_correct, check.held_out]
             if not check.helps:
                 return None, {**stats, "pseudo_labels": 0}
         f = propagation.spread(graph, seeds, labels, n_classes)
-        pseudo = propagation.pseudo_labels(f, torch.arange(len(x), len(x) + len(pool_x)))
+        pseudo = propagation.pseudo_labels(f, pool_rows)
         stats["pseudo_labels"] = int(pseudo.rows.numel())
         if pseudo.rows.numel() == 0:
             return None, stats

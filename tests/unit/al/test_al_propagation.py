@@ -72,24 +72,34 @@ def test_a_component_without_labels_gets_no_pseudo_label():
     assert set(propagation.pseudo_labels(f, torch.arange(30)).rows.tolist()) <= set(range(15))
 
 
-def test_the_check_uses_spreading_only_when_it_labels_held_out_labels_better():
+def test_the_check_uses_pseudo_labels_only_when_the_fit_labels_held_out_labels_better_with_them():
     x, y = clusters(25, 3, 8, 0.05, 3)
     graph = propagation.knn_graph(x)
     seeds = torch.arange(0, 75, 3)  # 25 labels across the three clusters
+    pool = torch.tensor([i for i in range(75) if i % 3])
+    seen = []
 
-    def wrong(train, held):
-        return (y[seeds[held]] + 1) % 3
+    def better_with(train, held, pseudo):
+        seen.append(pseudo)
+        return y[seeds[held]] if pseudo is not None else (y[seeds[held]] + 1) % 3
 
-    def right(train, held):
-        return y[seeds[held]]
+    check = propagation.helps(graph, seeds, y[seeds], 3, better_with, seed=0, pool_rows=pool)
+    assert check.helps and (check.spread_correct, check.plain_correct, check.held_out) == (25, 0, 25)
+    given = [p for p in seen if p is not None]
+    assert len(given) == len(seen) / 2 == propagation.FOLDS
+    for pseudo in given:  # pool rows only, labelled as their cluster
+        assert set(pseudo.rows.tolist()) <= set(pool.tolist()) and torch.equal(pseudo.classes, y[pseudo.rows])
+    capped = []
+    propagation.helps(graph, seeds, y[seeds], 3, lambda t, h, p: capped.append(p) or y[seeds[h]], seed=0,
+                      pool_rows=pool, check_pseudo=7)
+    assert all(p.rows.numel() == 7 for p in capped if p is not None)
 
-    assert propagation.helps(graph, seeds, y[seeds], 3, wrong, seed=0).helps  # spreading is right, the fit is not
-    check = propagation.helps(graph, seeds, y[seeds], 3, right, seed=0)
-    assert not check.helps and check.plain_correct == check.held_out == 25  # a tie is not enough
-    shuffled = y[seeds][torch.randperm(25, generator=torch.Generator().manual_seed(0))]  # labels across clusters
-    check = propagation.helps(graph, seeds, shuffled, 3, lambda train, held: shuffled[held], seed=0)
-    assert not check.helps and check.spread_correct < check.plain_correct
-    few = propagation.helps(graph, seeds[:4], y[seeds[:4]], 3, wrong, seed=0)
+    tie = propagation.helps(graph, seeds, y[seeds], 3, lambda t, h, p: y[seeds[h]], seed=0, pool_rows=pool)
+    assert not tie.helps and tie.spread_correct == tie.plain_correct == 25  # a tie is not enough
+    worse = propagation.helps(graph, seeds, y[seeds], 3, lambda t, h, p: better_with(t, h, None if p else 1),
+                              seed=0, pool_rows=pool)
+    assert not worse.helps
+    few = propagation.helps(graph, seeds[:4], y[seeds[:4]], 3, better_with, seed=0, pool_rows=pool)
     assert (few.held_out, few.helps) == (0, False)
 
 
@@ -118,19 +128,24 @@ class ClusterBackbone:
         return self.x[[int(t) for t in texts]]
 
 
-def sectors(per: int = 100) -> tuple[torch.Tensor, torch.Tensor]:
-    """Points on the unit circle in 4 arcs of 60 degrees 90 degrees apart; classes alternate (A B A B).
-
-    No line separates the classes (a logistic regression gets about half the held-out labels),
-    while each arc is one chain of near neighbours (spreading gets all of them)."""
-    angles = torch.cat([torch.linspace(-30, 30, per) + 90 * j for j in range(4)]).deg2rad()
-    return torch.stack([angles.cos(), angles.sin()], dim=1), torch.arange(4).repeat_interleave(per) % 2
+def chains(per: int = 100) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Two parallel chains of texts, class A above class B, and 12 labels, most of A's at one end
+    and most of B's at the other: a fit to the labels alone splits the chains by end, wrong for
+    the lone labels at the far ends; the chains' pseudo-labels teach it above/below.
+    Returns x (2 * per, 3) unit rows, classes (2 * per,) and the labelled rows (12,)."""
+    t = torch.linspace(-2, 2, per)
+    a = torch.stack([t, torch.full_like(t, 0.3), torch.ones_like(t)], dim=1)
+    b = torch.stack([t, torch.full_like(t, -0.3), torch.ones_like(t)], dim=1)
+    ends = [0, 1, 2, 3, 4, per - 1]  # A: five at the left end, one at the right; B mirrored
+    labelled = torch.tensor(ends + [2 * per - 1 - i for i in ends])
+    return F.normalize(torch.cat([a, b]), dim=1), torch.arange(2).repeat_interleave(per), labelled
 
 
 def _fit(setting: str, data=None, kind: str = "linear", multilabel: bool = False):
-    x, y = data if data is not None else clusters(200, 4, 16, 0.25, 4)
+    x, y, labelled = data if data is not None else (*clusters(200, 4, 16, 0.25, 4), None)
     n, c, per = len(y), int(y.max()) + 1, len(y) // 4
-    labelled = torch.tensor([j * per + i for j in range(4) for i in (5, per // 2, per - 5)])  # 3 in each quarter
+    if labelled is None:
+        labelled = torch.tensor([j * per + i for j in range(4) for i in (5, per // 2, per - 5)])  # 3 in each quarter
     pool = [str(i) for i in range(n) if i not in set(labelled.tolist())]
     backbone = ClusterBackbone(dataclasses.replace(EngineConfig(), propagation=setting, propagation_pool=300), x)
     targets = F.one_hot(y[labelled], c).float()
@@ -139,20 +154,20 @@ def _fit(setting: str, data=None, kind: str = "linear", multilabel: bool = False
     return model, backbone
 
 
-def test_auto_adds_pseudo_labels_only_where_spreading_wins_the_check():
-    model, _ = _fit("auto", sectors())
-    spread_correct, plain_correct, held = model.stats["propagation_check"]
-    assert (spread_correct, held) == (12, 12) and plain_correct <= 9
-    assert model.stats["propagation_pool"] == 300  # the seeded sample, not all 388
-    assert model.stats["pseudo_labels"] > 250
+def test_auto_adds_pseudo_labels_only_where_they_win_the_check():
+    model, _ = _fit("auto", chains(100))
+    with_pseudo, without, held = model.stats["propagation_check"]
+    assert held == 12 and with_pseudo == 12 and without <= 10  # the lone far-end labels
+    assert model.stats["propagation_pool"] == 188 and model.stats["pseudo_labels"] == 188
     x, y = clusters(100, 4, 16, 0.05, 5)  # tight clusters: the plain fit is right too, a tie is not a win
-    model, _ = _fit("auto", (x, y))
+    model, _ = _fit("auto", (x, y, None))
     spread_correct, plain_correct, held = model.stats["propagation_check"]
     assert spread_correct == plain_correct == held == 12 and model.stats["pseudo_labels"] == 0
 
 
 def test_on_adds_pseudo_labels_without_the_check():
     model, _ = _fit("on")
+    assert model.stats["propagation_pool"] == 300  # the seeded sample, not all 788
     assert model.stats["pseudo_labels"] > 250 and "propagation_check" not in model.stats
     assert model.n_train == 12  # pseudo-labels are not labels
 
