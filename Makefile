@@ -63,16 +63,21 @@ $(BENCH_VENV)/.requirements: requirements.txt bench/requirements-bench.txt
 
 bench-venv: $(BENCH_VENV)/.requirements  ## .bench-venv: the service's requirements plus PyPI baal (benchmarks only)
 
-bench-baal: venv bench-venv  ## the real BaaL beside our full and head modes, small, on CPU (GPU: bench/baal_gpu.sh)
-	nice -n 10 $(BENCH_VENV)/bin/python bench/baal_side_by_side.py speed --pool $(AGNEWS)/pool.tsv \
-		--limit 48 --mc-samples 20 --full-unfitted --out $(BENCH_OUT)/speed
-	nice -n 10 $(BENCH_VENV)/bin/python bench/baal_side_by_side.py curve --pool $(AGNEWS)/pool.tsv \
-		--test $(AGNEWS)/test.tsv --limit-pool 100 --limit-test 100 --seed-size 10 --batch-size 10 --budget 30 \
-		--mc-samples 3 --epochs 3 --baal-padding longest --name bald/mode=full --out $(BENCH_OUT)/baal
-	nice -n 10 $(PY) -m backend.al.simulate --pool $(AGNEWS)/pool.tsv --test $(AGNEWS)/test.tsv \
-		--limit-pool 100 --limit-test 100 --seed-size 10 --batch-size 10 --budget 30 --mc-samples 3 --seeds 1 \
-		--strategy bald/mode=full --cache-dir $(BENCH_OUT)/cache --out $(BENCH_OUT)/ours
-	$(PY) scripts/compare_curves.py $(BENCH_OUT)/ours/curves.csv $(BENCH_OUT)/baal/curves.csv --every 10
+# bench-baal's curve: the first 1,000 AG News pool / 500 test rows, 20 seed labels + 4 x 20, T = 5, 2 seeds.
+BAAL_CURVE ?= --pool $(AGNEWS)/pool.tsv --test $(AGNEWS)/test.tsv --limit-pool 1000 --limit-test 500 \
+	--seed-size 20 --batch-size 20 --budget 100 --mc-samples 5 --seeds 2
+
+bench-baal: venv bench-venv  ## the real BaaL beside our full and head modes on CPU, 1 thread each (~1.5 h idle; GPU: bench/baal_gpu.sh)
+	OMP_NUM_THREADS=1 nice -n 10 $(BENCH_VENV)/bin/python bench/baal_side_by_side.py speed --pool $(AGNEWS)/pool.tsv \
+		--limit 192 --mc-samples 20 --threads 1 --methods baal,baal-longest,full,head --out $(BENCH_OUT)/speed
+	OMP_NUM_THREADS=1 nice -n 10 $(BENCH_VENV)/bin/python bench/baal_side_by_side.py curve $(BAAL_CURVE) \
+		--epochs 20 --baal-padding longest --threads 1 --name bald/mode=full --out $(BENCH_OUT)/baal
+	OMP_NUM_THREADS=1 nice -n 10 $(PY) -m backend.al.simulate $(BAAL_CURVE) --strategy bald/mode=full \
+		--cache-dir $(BENCH_OUT)/cache --out $(BENCH_OUT)/ours
+	OMP_NUM_THREADS=1 nice -n 10 $(PY) -m backend.al.simulate $(BAAL_CURVE) \
+		--strategy bald/mode=head,random/mode=head,bald,default,random \
+		--cache-dir $(BENCH_OUT)/cache --out $(BENCH_OUT)/ours-head
+	$(PY) scripts/compare_curves.py $(BENCH_OUT)/ours/curves.csv $(BENCH_OUT)/baal/curves.csv --every 20
 
 clean:
 	rm -rf .pytest_cache .ruff_cache .hypothesis

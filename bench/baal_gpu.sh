@@ -35,9 +35,9 @@ timeout 170 "$PY" bench/baal_side_by_side.py curve --device cuda --encoder "$ENC
     --epochs 20 --baal-batch-size 64 --name bald/mode=full --out "$OUT/baal" > "$OUT/baal.log" 2>&1
 grep -E "^  seed|^seed|error" "$OUT/baal.log"
 "$PY" scripts/compare_curves.py "$OUT/ours/curves.csv" "$OUT/baal/curves.csv" --every 20 | tee "$OUT/compare.txt"
-echo "== curve: ours, head mode (plain BALD, the service default, random), for context"
+echo "== curve: ours for context, head mode: plain BALD and random (MODEL_MODE=auto picks full on CUDA: too slow here)"
 timeout 80 "$PY" -m backend.al.simulate "${CURVE[@]}" --seeds 2 --encoder "$ENC" \
-    --strategy "bald,default,random" --cache-dir /tmp/baal-bench-cache --out "$OUT/ours-head" \
+    --strategy "bald/mode=head,random/mode=head" --cache-dir /tmp/baal-bench-cache --out "$OUT/ours-head" \
     > "$OUT/ours-head.log" 2>&1
 tail -6 "$OUT/ours-head.log"
 ls -R "$OUT"

