@@ -35,9 +35,12 @@ class EngineConfig:
     hidden: int = 256
     dropout: float = 0.3
     # The linear kind's pseudo-labels from label spreading over the unlabelled pool (backend.al.propagation):
-    # "auto" checks on the labels (k-fold) that spreading labels held-out ones better than the plain
-    # fit, and uses it only then; at most propagation_pool pool texts (a seeded sample) join the graph.
-    propagation: str = "auto"
+    # "auto" checks on the labels (k-fold) that the fit labels held-out ones better with them than
+    # without, and uses them only then; at most propagation_pool pool texts (a seeded sample) join the
+    # graph. Off by default: "auto" saved far more labels on AG News (ratio 1.92 -> 4.17) but cost
+    # CLINC150's 150 intents 3.5 points at 500 labels, with single rounds 7-10 points down
+    # (docs/BENCHMARKS.md, "Label propagation").
+    propagation: str = "off"
     propagation_pool: int = 20000
     l2: float = 0.0  # prior precision of the linear kind's weights; 0: by the labelled set's shape (kinds.linear)
     max_length: int = 128
