@@ -6,10 +6,11 @@
 For each dataset (``../shared/data``) and labelled-set size: a seeded random labelled set, the
 rest of the pool unlabelled; times ``ActiveLearner.fit(..., pool=unlabelled)`` and
 ``ActiveLearner.rank`` over the unlabelled pool with the default engine settings, once with
-``propagation`` as configured (auto) and once off. Embeddings come from the cache (the first
-run embeds the pools: minutes on a CPU); publishing to Label Studio is not part of it
-(scripts/bench_loop.py times whole rounds against LS). Prints one line per case, with the
-propagation check's counts and the number of pseudo-labels, and the machine's load.
+``propagation=auto`` and once off, and the model's accuracy on the dataset's test.tsv.
+Embeddings come from the cache (the first run embeds the pools: minutes on a CPU); publishing
+to Label Studio is not part of it (scripts/bench_loop.py times whole rounds against LS).
+Prints one line per case, with the propagation check's counts and the number of pseudo-labels,
+and the machine's load.
 """
 
 from __future__ import annotations
@@ -44,7 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     for name in args.datasets.split(","):
         texts, labels = load_tsv(DATA / name / "pool.tsv")
+        test_texts, test_labels = load_tsv(DATA / name / "test.tsv")
         classes = sorted(set(labels))
+        gold = torch.tensor([classes.index(y) for y in test_labels])
         for setting in ("auto", "off"):
             learner = ActiveLearner(dataclasses.replace(EngineConfig(), propagation=setting), Path(args.cache_dir))
             learner.embed(texts)  # warm the cache first: the round reads cached embeddings
@@ -58,9 +61,10 @@ def main(argv: list[str] | None = None) -> int:
                 learner.rank(model, [texts[i] for i in rest], ids=rest)
                 done = time.perf_counter()
                 stats = {k: model.stats.get(k) for k in ("propagation_check", "pseudo_labels")}
+                accuracy = float((learner.predict_proba(model, test_texts).argmax(dim=1) == gold).float().mean())
                 print(f"{name} pool={len(rest)} classes={len(classes)} labels={n} propagation={setting}: "
                       f"fit {fitted - start:.1f} s, rank {done - fitted:.2f} s, round {done - start:.1f} s "
-                      f"{stats} load={os.getloadavg()[0]:.1f}", flush=True)
+                      f"test accuracy {accuracy:.3f} {stats} load={os.getloadavg()[0]:.1f}", flush=True)
     return 0
 
 
