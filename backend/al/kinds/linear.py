@@ -138,6 +138,15 @@ def scores(x: torch.Tensor, weights: torch.Tensor, bias: torch.Tensor, block: in
     return by_blocks(x.to(weights.dtype), lambda rows: (torch.matmul(rows, weights) + bias).permute(1, 0, 2), block)
 
 
+def pseudo_rows(pool_x: torch.Tensor, pseudo: propagation.PseudoLabels, offset: int, n_labels: int,
+                n_classes: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Pseudo-labels as training rows: embeddings (P, D) of the pool rows (graph row - offset in
+    pool_x), one-hot targets (P, C) and weights (P,) that sum to PSEUDO_WEIGHT * n_labels."""
+    weight = propagation.PSEUDO_WEIGHT * n_labels / pseudo.rows.numel()
+    return (pool_x[pseudo.rows - offset], F.one_hot(pseudo.classes, n_classes).float(),
+            torch.full((pseudo.rows.numel(),), weight))
+
+
 L2_PER_LABEL_PER_CLASS = 0.01
 """default_l2's constant: the penalty per class relative to that class's share of the labels."""
 
@@ -179,7 +188,7 @@ class Kind(KindBase):
         if pseudo is not None:
             px, pt, pw = pseudo
             w, b, fit_stats = fit_logistic(torch.cat([x, px]), torch.cat([targets, pt]), False, l2,
-                                           items=torch.cat([items if items is not None else torch.ones(len(x)), pw]))
+                                           items=torch.cat([self.item_weights(targets), pw]))
         else:
             w, b, fit_stats = fit_logistic(x, targets, multilabel, l2, weights)
         # Samples only where the acquisition reads their disagreement; the others rank by the mean, for
@@ -221,14 +230,11 @@ class Kind(KindBase):
         if cfg.propagation == "auto":
             def fit_predict(train: torch.Tensor, held: torch.Tensor,
                             pseudo: propagation.PseudoLabels | None) -> torch.Tensor:
-                t = targets[train]
-                item = t @ class_weights(t, False) if self.class_weighted else torch.ones(len(t))
-                rows, l2 = x[train], self.l2(len(train), n_classes)
+                rows, t = x[train], targets[train]
+                item, l2 = self.item_weights(t), self.l2(len(train), n_classes)
                 if pseudo is not None and pseudo.rows.numel():
-                    weight = propagation.PSEUDO_WEIGHT * len(train) / pseudo.rows.numel()
-                    rows = torch.cat([rows, pool_x[pseudo.rows - len(x)]])
-                    t = torch.cat([t, F.one_hot(pseudo.classes, n_classes).float()])
-                    item = torch.cat([item, torch.full((pseudo.rows.numel(),), weight)])
+                    px, pt, pw = pseudo_rows(pool_x, pseudo, len(x), len(train), n_classes)
+                    rows, t, item = torch.cat([rows, px]), torch.cat([t, pt]), torch.cat([item, pw])
                 w, b, _ = fit_logistic(rows, t, False, l2, items=item)
                 return (x[held].double() @ w + b).argmax(dim=1)
 
@@ -241,9 +247,11 @@ class Kind(KindBase):
         stats["pseudo_labels"] = int(pseudo.rows.numel())
         if pseudo.rows.numel() == 0:
             return None, stats
-        weight = propagation.PSEUDO_WEIGHT * len(x) / pseudo.rows.numel()
-        return ((pool_x[pseudo.rows - len(x)], F.one_hot(pseudo.classes, n_classes).float(),
-                 torch.full((pseudo.rows.numel(),), weight)), stats)
+        return pseudo_rows(pool_x, pseudo, len(x), len(x), n_classes), stats
+
+    def item_weights(self, targets: torch.Tensor) -> torch.Tensor:
+        """Single-label items' training weights (N,): by inverse class frequency, or 1 when unweighted."""
+        return targets @ class_weights(targets, False) if self.class_weighted else torch.ones(len(targets))
 
     def l2(self, n_labels: int, n_classes: int) -> float:
         """The prior precision: the ``l2`` setting, or by the labelled set's shape when it is 0."""
