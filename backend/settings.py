@@ -73,6 +73,9 @@ ENGINE_VARIABLES: dict[str, tuple[str, str]] = {
                                    "News `auto` saved 2x more labels, on CLINC150's 150 intents it cost 3.5 points)."),
     "PROPAGATION_POOL": ("propagation_pool", "at most this many unlabelled texts (a seeded sample) join the graph; "
                                              "the graph costs O(N^2) similarity products per retrain."),
+    "LEXICAL": ("lexical", "`linear` kind: the largest weight of hashed word n-grams (unigrams, bigrams, first words) "
+                           "beside the embedding; below it the weight grows with labels per class (square root of "
+                           "the L2 prior); 0 = the embedding alone."),
     "EXPLORATION": ("exploration", "share of the order filled with uniformly random tasks (marked as such)."),
     "WARM_START": ("warm_start",
                    "start training from the previous version's head (off: it cost 3-4 points on AG News)."),

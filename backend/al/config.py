@@ -43,6 +43,9 @@ class EngineConfig:
     propagation: str = "off"
     propagation_pool: int = 20000
     l2: float = 0.0  # prior precision of the linear kind's weights; 0: by the labelled set's shape (kinds.linear)
+    # The linear kind's hashed word n-grams beside the embedding (backend/al/lexical.py): their scale grows
+    # with the labels per class up to this cap (kinds.linear.lexical_scale); 0: the embedding alone.
+    lexical: float = 0.5
     max_length: int = 128
     batch_size: int = 64
     cold_start_clusters: int = 20
@@ -80,6 +83,8 @@ class EngineConfig:
         if not 0 < self.ambiguity_entropy <= 1 or not 0 <= self.ambiguity_bald <= 1:
             raise ValueError("ambiguity thresholds are shares of log C: need 0 < ambiguity_entropy <= 1 "
                              f"and 0 <= ambiguity_bald <= 1, got {self.ambiguity_entropy}, {self.ambiguity_bald}")
+        if not 0 <= self.lexical <= 10:
+            raise ValueError(f"lexical must be in [0, 10] (0: off), got {self.lexical}")
         if self.l2 < 0:
             raise ValueError(f"l2 must be >= 0 (0: by shape), got {self.l2}")
         if not 0 < self.dropout < 1:

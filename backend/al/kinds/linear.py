@@ -21,14 +21,15 @@ on AG News and CLINC150, higher on TREC-6; docs/BENCHMARKS.md, section 5, has th
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from backend.al import propagation
-from backend.al.blocks import by_blocks
+from backend.al import lexical, propagation
+from backend.al.blocks import by_row_blocks
 from backend.al.kinds.base import KindBase, Model, Progress, logits_to_probs, stats_of
 from backend.al.training import _threads, class_weights
 
@@ -47,11 +48,33 @@ _TOLERANCE = 1e-7
 
 @dataclass(frozen=True)
 class LinearArch:
-    """The linear model's shape, saved with it: T posterior samples (0: the fit alone)."""
+    """The linear model's shape, saved with it: T posterior samples (0: the fit alone), and the weight
+    of the hashed n-gram features (``lexical_bits`` bits) beside the embedding (0: embedding only).
+    ``dim`` counts the embedding's columns; the weights have ``dim + 2 ** lexical_bits`` rows when
+    ``lexical`` > 0."""
 
     dim: int
     l2: float
     samples: int
+    lexical: float = 0.0
+    lexical_bits: int = 0
+
+
+LEXICAL_PRIOR = POSTERIOR_MIN_PRIOR
+"""The n-gram weights' prior precision is at least this (see :func:`lexical_scale`)."""
+
+
+def lexical_scale(l2: float, cap: float) -> float:
+    """The n-gram block's scale beside the unit-length embedding: ``min(cap, sqrt(l2 / LEXICAL_PRIOR))``.
+
+    Scaling a block of features by s fits as penalising its weights by l2 / s^2, so the n-gram
+    weights' prior precision is ``max(LEXICAL_PRIOR, l2 / cap^2)`` while the embedding's is l2
+    (0.01 x labels per class, :func:`default_l2`): with few labels per class n-grams are held at
+    scikit-learn's C = 1, because single words seen once or twice a class memorise (CLINC150,
+    100-500 random labels over 150 intents: -0.5 points at a fixed scale of 0.5, -4 at 1, 0 with
+    this rule), and they count fully from 25 labels per class. ``cap`` <= 0: no n-grams.
+    """
+    return min(cap, math.sqrt(l2 / LEXICAL_PRIOR)) if cap > 0 else 0.0
 
 
 def fit_logistic(x: torch.Tensor, targets: torch.Tensor, multilabel: bool, l2: float,
@@ -128,22 +151,39 @@ def laplace_samples(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, multilabe
     return (w + eigvecs @ (scale * z)).float()  # (T, D, C)
 
 
-def scores(x: torch.Tensor, weights: torch.Tensor, bias: torch.Tensor, block: int = _BLOCK) -> torch.Tensor:
-    """Logits (N, T, C) of T weight matrices (T, D, C) and a bias (C,) for embeddings x (N, D).
+def scores(x: torch.Tensor, weights: torch.Tensor, bias: torch.Tensor, grams: lexical.Rows | None = None,
+           scale: float = 0.0, block: int = _BLOCK) -> torch.Tensor:
+    """Logits (N, T, C) of T weight matrices (T, D, C) and a bias (C,) for embeddings x (N, D),
+    beside them ``scale`` x their n-gram rows when given (then D counts both).
 
     Row i's logits depend on x[i] and the weights only: rows go through the products in blocks
     of exactly ``block`` rows (the last one zero-padded), because BLAS picks its kernels, and so
-    the last bits of a row's result, by the number of rows.
+    the last bits of a row's result, by the number of rows. The n-gram rows are made dense a
+    block at a time.
     """
-    return by_blocks(x.to(weights.dtype), lambda rows: (torch.matmul(rows, weights) + bias).permute(1, 0, 2), block)
+    x = x.to(weights.dtype)
+
+    def rows(start: int, stop: int) -> torch.Tensor:
+        if grams is None:
+            return x[start:stop]
+        return torch.cat([x[start:stop], scale * grams.dense(start, stop).to(weights.dtype)], dim=1)
+
+    return by_row_blocks(x.shape[0], rows, lambda r: (torch.matmul(r, weights) + bias).permute(1, 0, 2), block)
 
 
-def pseudo_rows(pool_x: torch.Tensor, pseudo: propagation.PseudoLabels, offset: int, n_labels: int,
-                n_classes: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Pseudo-labels as training rows: embeddings (P, D) of the pool rows (graph row - offset in
-    pool_x), one-hot targets (P, C) and weights (P,) that sum to PSEUDO_WEIGHT * n_labels."""
+def with_grams(x: torch.Tensor, texts: Sequence[str], scale: float, bits: int = lexical.BITS) -> torch.Tensor:
+    """Embeddings x (N, D) of texts, with ``scale`` x their hashed n-gram rows beside them when scale > 0."""
+    if scale <= 0:
+        return x
+    return torch.cat([x, scale * lexical.features(texts, bits).dense()], dim=1)
+
+
+def pseudo_rows(pool_x: Callable[[torch.Tensor], torch.Tensor], pseudo: propagation.PseudoLabels, offset: int,
+                n_labels: int, n_classes: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Pseudo-labels as training rows: features (P, D) of the pool rows (``pool_x(graph row - offset)``),
+    one-hot targets (P, C) and weights (P,) that sum to PSEUDO_WEIGHT * n_labels."""
     weight = propagation.PSEUDO_WEIGHT * n_labels / pseudo.rows.numel()
-    return (pool_x[pseudo.rows - offset], F.one_hot(pseudo.classes, n_classes).float(),
+    return (pool_x(pseudo.rows - offset), F.one_hot(pseudo.classes, n_classes).float(),
             torch.full((pseudo.rows.numel(),), weight))
 
 
@@ -170,6 +210,7 @@ class Kind(KindBase):
     class_weighted = True  # single-label items weighted by inverse class frequency (training.class_weights)
     posterior = True  # T samples from the Laplace posterior; False: the fit alone (T = 1)
     propagates = True  # pseudo-labels from label spreading over the pool (EngineConfig.propagation)
+    lexical = True  # hashed word n-grams beside the embedding (EngineConfig.lexical, lexical_scale)
 
     def fit(self, texts: Sequence[str], targets: torch.Tensor, classes: list[str], multilabel: bool,
             previous: Model | None, progress: Progress | None, pool: Sequence[str] = ()) -> Model:
@@ -179,12 +220,14 @@ class Kind(KindBase):
         ones label spreading labels confidently join the fit as pseudo-labels (:func:`propagate`).
         """
         cfg = self.backbone.config
-        x = self.backbone.embed(texts).float().cpu()
+        emb = self.backbone.embed(texts).float().cpu()
         targets = targets.float().cpu()
         l2 = self.l2(len(texts), targets.shape[1])
+        scale = lexical_scale(l2, cfg.lexical) if self.lexical else 0.0
+        x = with_grams(emb, texts, scale)
         weights = class_weights(targets, multilabel) if self.class_weighted else None
         items = None if weights is None or multilabel else targets @ weights
-        pseudo, spread_stats = self.propagate(x, targets, multilabel, pool, progress)
+        pseudo, spread_stats = self.propagate(emb, x, targets, multilabel, pool, scale, progress)
         if pseudo is not None:
             px, pt, pw = pseudo
             w, b, fit_stats = fit_logistic(torch.cat([x, px]), torch.cat([targets, pt]), False, l2,
@@ -201,16 +244,20 @@ class Kind(KindBase):
             sampled = laplace_samples(x, w, b, multilabel, l2, cfg.mc_samples, generator, items)
         else:
             sampled = w.float().unsqueeze(0)
-        arch = LinearArch(dim=int(x.shape[1]), l2=l2, samples=int(sampled.shape[0]) if posterior else 0)
+        arch = LinearArch(dim=int(emb.shape[1]), l2=l2, samples=int(sampled.shape[0]) if posterior else 0,
+                          lexical=scale, lexical_bits=lexical.BITS if scale > 0 else 0)
         if progress:
             progress(1, 1)
         return Model(classes=list(classes), multilabel=multilabel, encoder=self.backbone.identity, kind=self.name,
                      state={"weights": sampled.contiguous(), "bias": b.float()}, n_train=len(texts),
                      arch=asdict(arch), stats=stats_of(targets, False, {**fit_stats, **spread_stats}))
 
-    def propagate(self, x: torch.Tensor, targets: torch.Tensor, multilabel: bool, pool: Sequence[str],
+    def propagate(self, emb: torch.Tensor, x: torch.Tensor, targets: torch.Tensor, multilabel: bool,
+                  pool: Sequence[str], scale: float,
                   progress: Progress | None) -> tuple[tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None, dict]:
-        """Pseudo-labels from label spreading over the labelled texts x (L, D) and ``pool``.
+        """Pseudo-labels from label spreading over the labelled texts (embeddings emb (L, E), features
+        x (L, D)) and ``pool``; the graph is the embeddings', the pseudo-label rows get the pool texts'
+        features at the n-gram ``scale``.
 
         Returns ((embeddings (P, D), one-hot targets (P, C), weights (P,)) or None, stats). None when
         the kind does not propagate, ``propagation`` is off, the targets are multi-label, the pool
@@ -222,11 +269,18 @@ class Kind(KindBase):
         if not self.propagates or cfg.propagation == "off" or multilabel or len(pool) == 0:
             return None, {}
         rows = propagation.sample_rows(len(pool), cfg.propagation_pool, cfg.seed)
-        pool_x = self.backbone.embed([pool[i] for i in rows.tolist()], progress).float().cpu()
-        graph = propagation.knn_graph(torch.cat([x, pool_x]))
+        pool_texts = [pool[i] for i in rows.tolist()]
+        pool_emb = self.backbone.embed(pool_texts, progress).float().cpu()
+        graph = propagation.knn_graph(torch.cat([emb, pool_emb]))
+        pool_grams = lexical.features(pool_texts) if scale > 0 else None
+
+        def pool_x(idx: torch.Tensor) -> torch.Tensor:  # features of pool rows idx (their n-grams made dense only here)
+            if pool_grams is None:
+                return pool_emb[idx]
+            return torch.cat([pool_emb[idx], scale * pool_grams.take(idx).dense()], dim=1)
         seeds, labels, n_classes = torch.arange(len(x)), targets.argmax(dim=1), targets.shape[1]
-        stats: dict = {"propagation_pool": len(pool_x)}
-        pool_rows = torch.arange(len(x), len(x) + len(pool_x))
+        stats: dict = {"propagation_pool": len(pool_emb)}
+        pool_rows = torch.arange(len(x), len(x) + len(pool_emb))
         if cfg.propagation == "auto":
             def fit_predict(train: torch.Tensor, held: torch.Tensor,
                             pseudo: propagation.PseudoLabels | None) -> torch.Tensor:
@@ -261,5 +315,7 @@ class Kind(KindBase):
                  progress: Progress | None) -> torch.Tensor:
         """(N, T, C): the saved posterior samples (the seed is not needed: they were drawn at fit time)."""
         x = self.backbone.embed(texts, progress).float().cpu()
-        logits = scores(x, model.state["weights"], model.state["bias"])
+        scale, bits = float(model.arch.get("lexical", 0.0)), int(model.arch.get("lexical_bits", 0))
+        grams = lexical.features(texts, bits) if scale > 0 else None
+        logits = scores(x, model.state["weights"], model.state["bias"], grams, scale)
         return logits_to_probs(logits, model.multilabel)
