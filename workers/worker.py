@@ -29,10 +29,14 @@ SCHEDULER_CHECK = 30
 REDIS_WAIT = 300  # seconds a worker waits for Redis to come back when it must read a job's status
 PRELOAD = ("workers.scoring", "workers.training", "workers.lifecycle", "backend.al.learner",
            "backend.al.kinds.linear", "backend.al.kinds.head", "backend.al.kinds.full",
-           "transformers.models.auto.modeling_auto", "transformers.models.auto.tokenization_auto")
+           "transformers.models.auto.modeling_auto", "transformers.models.auto.tokenization_auto",
+           "torch._dynamo")
 """Modules a forking worker imports once, before its first fork: every work-horse inherits them
 instead of importing torch and transformers again (2.4 s a job on an idle 2-core machine, about
-5 s under load; scripts/bench_loop.py's "other" time). Importing them touches no CUDA."""
+5 s under load; scripts/bench_loop.py's "other" time). ``torch._dynamo``: torch.optim imports it
+when a process builds its first optimizer, which was 2.4-3.1 s of every retrain's "train" time in
+scripts/bench_loop.py (a 50-label linear fit: 2.5 s in a fresh work-horse, 0.15 s with it
+preloaded). Importing them touches no CUDA."""
 
 
 class ContextJob(Job):

@@ -18,7 +18,6 @@ compute, no state: the same text always gives the same row.
 
 from __future__ import annotations
 
-import math
 import re
 import zlib
 from dataclasses import dataclass
@@ -77,26 +76,30 @@ def grams(text: str, opening: bool = True) -> list[str]:
 
 
 def row(text: str, bits: int = BITS, opening: bool = True) -> dict[int, float]:
-    """One text's non-zero buckets -> values: signed hashed counts, log-damped, unit length."""
-    buckets: dict[int, float] = {}
-    mask = (1 << bits) - 1
-    for gram in grams(text, opening):
-        h = zlib.crc32(gram.encode("utf-8"))
-        buckets[h & mask] = buckets.get(h & mask, 0.0) + (-1.0 if h & _SIGN_BIT else 1.0)
-    damped = {j: (1.0 if v > 0 else -1.0) * math.log1p(abs(v))
-              for j, v in buckets.items() if v != 0}
-    norm = sum(v * v for v in damped.values()) ** 0.5
-    return {j: v / norm for j, v in sorted(damped.items())} if norm > 0 else {}
+    """One text's non-zero buckets -> values (the row :func:`features` gives it), for inspection."""
+    rows = features([text], bits, opening)
+    return dict(zip(rows.indices.tolist(), rows.values.tolist(), strict=True))
 
 
 def features(texts: Sequence[str], bits: int = BITS, opening: bool = True) -> Rows:
-    """Hashed n-gram rows (N texts, 2 ** bits columns); a text with no word is an all-zero row.
-    ``opening=False`` leaves out the opening-words features (for measuring what they add)."""
-    indptr, indices, values = [0], [], []
+    """Hashed n-gram rows (N texts, 2 ** bits columns): signed hashed counts, log-damped, unit length;
+    a text with no word is an all-zero row. ``opening=False`` leaves out the opening-words features
+    (for measuring what they add). The per-gram hashing is the only Python loop (about 0.07 ms a
+    text of AG News); damping and scaling run on all rows at once, in float64, each row on its own."""
+    mask, crc = (1 << bits) - 1, zlib.crc32
+    indptr, indices, counts = [0], [], []
     for text in texts:
-        r = row(text, bits, opening)
-        indices.extend(r)
-        values.extend(r.values())
+        buckets: dict[int, int] = {}
+        for gram in grams(text, opening):
+            h = crc(gram.encode("utf-8"))
+            buckets[h & mask] = buckets.get(h & mask, 0) + (-1 if h & _SIGN_BIT else 1)
+        kept = sorted((j, v) for j, v in buckets.items() if v != 0)
+        indices.extend(j for j, _ in kept)
+        counts.extend(v for _, v in kept)
         indptr.append(len(indices))
-    return Rows(torch.tensor(indptr, dtype=torch.int64), torch.tensor(indices, dtype=torch.int64),
-                torch.tensor(values, dtype=torch.float32), 1 << bits)
+    offsets = torch.tensor(indptr, dtype=torch.int64)
+    v = torch.tensor(counts, dtype=torch.float64)
+    v = torch.sign(v) * torch.log1p(v.abs())
+    owner = torch.repeat_interleave(torch.arange(len(texts)), offsets[1:] - offsets[:-1])
+    norms = torch.zeros(len(texts), dtype=torch.float64).index_add_(0, owner, v * v).sqrt()
+    return Rows(offsets, torch.tensor(indices, dtype=torch.int64), (v / norms[owner]).float(), 1 << bits)
