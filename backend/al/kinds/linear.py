@@ -261,13 +261,17 @@ class Kind(KindBase):
 
         Returns ((embeddings (P, D), one-hot targets (P, C), weights (P,)) or None, stats). None when
         the kind does not propagate, ``propagation`` is off, the targets are multi-label, the pool
-        is empty, or (``auto``) when the fit with the pseudo-labels labels held-out labels no better
+        is empty, or (``auto``) when there are fewer than ``propagation.FOLDS`` labels a class
+        (:func:`backend.al.propagation.checkable`; the pool is then not read), or when the fit with the
+        pseudo-labels labels held-out labels no better
         than without them (:func:`backend.al.propagation.helps`). At most ``propagation_pool`` pool texts (a seeded
         sample) go into the graph.
         """
         cfg = self.backbone.config
         if not self.propagates or cfg.propagation == "off" or multilabel or len(pool) == 0:
             return None, {}
+        if cfg.propagation == "auto" and not propagation.checkable(len(x), targets.shape[1]):
+            return None, {"propagation_check": "fewer labels a class than folds", "pseudo_labels": 0}
         rows = propagation.sample_rows(len(pool), cfg.propagation_pool, cfg.seed)
         pool_texts = [pool[i] for i in rows.tolist()]
         pool_emb = self.backbone.embed(pool_texts, progress).float().cpu()

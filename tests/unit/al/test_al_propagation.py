@@ -160,9 +160,18 @@ def test_auto_adds_pseudo_labels_only_where_they_win_the_check():
     assert held == 12 and with_pseudo == 12 and without <= 10  # the lone far-end labels
     assert model.stats["propagation_pool"] == 188 and model.stats["pseudo_labels"] == 188
     x, y = clusters(100, 4, 16, 0.05, 5)  # tight clusters: the plain fit is right too, a tie is not a win
-    model, _ = _fit("auto", (x, y, None))
+    five_each = torch.tensor([j * 100 + i for j in range(4) for i in (5, 25, 50, 75, 95)])
+    model, _ = _fit("auto", (x, y, five_each))
     spread_correct, plain_correct, held = model.stats["propagation_check"]
-    assert spread_correct == plain_correct == held == 12 and model.stats["pseudo_labels"] == 0
+    assert spread_correct == plain_correct == held == 20 and model.stats["pseudo_labels"] == 0
+
+
+def test_auto_needs_as_many_labels_a_class_as_folds():
+    assert propagation.checkable(10, 2) and not propagation.checkable(9, 2)
+    assert not propagation.checkable(500, 150)  # CLINC150 at 500 labels: 3.3 a class
+    model, backbone = _fit("auto")  # 12 labels over 4 classes
+    assert model.stats["pseudo_labels"] == 0 and isinstance(model.stats["propagation_check"], str)
+    assert backbone.embedded == [12]  # no check and no graph: the pool was never embedded
 
 
 def test_on_adds_pseudo_labels_without_the_check():
