@@ -16,7 +16,7 @@ import hashlib
 import sqlite3
 from contextlib import closing
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 from backend.labeling import TaskDataError, TaskSpec, task_text
 
@@ -33,6 +33,9 @@ CREATE TABLE IF NOT EXISTS skipped (id INTEGER PRIMARY KEY);
 def text_hash(text: str) -> str:
     """Short content hash of a task text."""
     return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
+_IN_CHUNK = 900  # ids per "IN (...)" query: under SQLite's default limit of 999 variables
 
 
 class TaskIndex:
@@ -97,6 +100,25 @@ class TaskIndex:
         with closing(self._connect()) as db:
             rows = db.execute("SELECT id, text FROM tasks WHERE labelled = 0 ORDER BY id").fetchall()
         return [r[0] for r in rows], [r[1] for r in rows]
+
+    def unlabelled_ids(self) -> list[int]:
+        """Ids of the unlabelled pool, ascending (the order of :meth:`unlabelled`)."""
+        with closing(self._connect()) as db:
+            return [r[0] for r in db.execute("SELECT id FROM tasks WHERE labelled = 0 ORDER BY id")]
+
+    def texts(self, task_ids: Sequence[int]) -> list[str]:
+        """Texts of the given tasks, in the given order; only those rows are read."""
+        found: dict[int, str] = {}
+        ids = [int(i) for i in task_ids]
+        with closing(self._connect()) as db:
+            for at in range(0, len(ids), _IN_CHUNK):
+                part = ids[at:at + _IN_CHUNK]
+                query = f"SELECT id, text FROM tasks WHERE id IN ({','.join('?' * len(part))})"
+                found.update(db.execute(query, part).fetchall())
+        missing = [i for i in ids if i not in found]
+        if missing:
+            raise KeyError(f"tasks not in the index: {missing[:5]}")
+        return [found[i] for i in ids]
 
     def texts_of(self, task_ids: Iterable[int]) -> dict[int, str]:
         """Texts of the given unlabelled tasks that the index knows."""

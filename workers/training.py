@@ -52,11 +52,21 @@ def training_set(annotated: list[dict], spec: TaskSpec) -> tuple[list[int], list
     return ids, texts, labels
 
 
-def unlabelled_texts(context: WorkerContext, index) -> list[str]:
-    """The project's unlabelled task texts for the learner's pseudo-labels (none when propagation is off)."""
-    if context.settings.engine.propagation == "off":
+def unlabelled_texts(context: WorkerContext, index, spec, n_labels: int) -> list[str]:
+    """Unlabelled task texts for the learner's pseudo-labels: the seeded sample of at most
+    ``PROPAGATION_POOL`` that the learner would draw from the whole pool (``propagation.sample_rows``
+    over the index's ascending ids), so a large project reads only those texts. None when propagation
+    is off, the config is multi-label, or (``auto``) the labels are too few a class for its check."""
+    engine = context.settings.engine
+    if engine.propagation == "off" or spec.multilabel:
         return []
-    return index.unlabelled()[1]
+    from backend.al import propagation
+
+    if engine.propagation == "auto" and not propagation.checkable(n_labels, len(spec.classes)):
+        return []
+    ids = index.unlabelled_ids()
+    picked = propagation.sample_rows(len(ids), engine.propagation_pool, engine.seed).tolist()
+    return index.texts([ids[i] for i in picked])
 
 
 def _train(context: WorkerContext, r: Redis, project_id: int) -> str | None:
@@ -80,7 +90,7 @@ def _train(context: WorkerContext, r: Redis, project_id: int) -> str | None:
     try:
         model = context.learner.fit(texts, labels, spec.classes, multilabel=spec.multilabel,
                                     previous=previous, progress=report_progress("training"),
-                                    pool=unlabelled_texts(context, project.index))
+                                    pool=unlabelled_texts(context, project.index, spec, len(texts)))
     except NotEnoughLabels as exc:  # not a failure: wait for more annotations (retrying won't help)
         projects.set_trained_count(r, project_id, count)
         log.info("project %s: %s", project_id, exc)

@@ -28,3 +28,28 @@ def test_first_contact_trains_with_the_unlabelled_tasks_only_when_propagation_is
     else:
         assert "propagation_pool" not in model.stats and "pseudo_labels" not in model.stats
     assert ls.model_version == ModelStore(settings.model_dir / "models").current(1)  # and it was published
+
+
+def test_the_retrain_reads_only_the_sampled_unlabelled_texts(ls, settings):
+    """With a pool larger than PROPAGATION_POOL the worker reads the seeded sample the learner would
+    draw from the whole pool, and only that; with too few labels a class for `auto`, nothing."""
+    from backend.al import propagation
+    from backend.labeling import parse_label_config
+    from workers.task_index import TaskIndex
+    from workers.training import unlabelled_texts
+
+    spec = parse_label_config(ls.label_config)
+    index = TaskIndex(settings.model_dir, 1)
+    ls.add_tasks([f"extra review number {i}, quite long and rather good" for i in range(40)])
+    index.sync(ls.client("", ""), spec)
+    ids, texts = index.unlabelled()
+    engine = dataclasses.replace(settings.engine, propagation="on", propagation_pool=7, seed=3)
+    context = WorkerContext.from_settings(dataclasses.replace(settings, engine=engine), client_factory=ls.client)
+    picked = propagation.sample_rows(len(texts), 7, 3).tolist()
+    assert len(picked) == 7 and unlabelled_texts(context, index, spec, 10) == [texts[i] for i in picked]
+    assert index.texts([ids[2], ids[0]]) == [texts[2], texts[0]]
+    auto = dataclasses.replace(settings, engine=dataclasses.replace(engine, propagation="auto"))
+    auto_context = WorkerContext.from_settings(auto, client_factory=ls.client)
+    few = propagation.FOLDS * len(spec.classes) - 1
+    assert unlabelled_texts(auto_context, index, spec, few) == []
+    assert len(unlabelled_texts(auto_context, index, spec, few + 1)) == 7
