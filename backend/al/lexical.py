@@ -5,8 +5,8 @@ people ..." and "who are the people ..." embed close together, yet they are diff
 question types. Word unigrams and bigrams (plus the text's first word and first two words)
 carry that, and a linear model can weigh them from a few labels per class. Random labelled
 sets, logistic regression on the embedding alone against embedding + these features
-(docs/BENCHMARKS.md, "Lexical features"): TREC-6 +1.7 to +3.0 points at 40-500 labels,
-AG News and CLINC150 within 0.1 points, once the features' weight follows the labels per class
+(docs/BENCHMARKS.md, "Lexical features"): TREC-6 +1.9 to +3.1 points at 40-500 labels,
+AG News and CLINC150 within 0.2 points, once the features' weight follows the labels per class
 (``kinds.linear.lexical_scale``).
 
 Features are hashed ("the hashing trick", Weinberger et al. 2009) into ``2 ** bits`` signed
