@@ -23,6 +23,7 @@ import zlib
 from dataclasses import dataclass
 from typing import Sequence
 
+import numpy as np
 import torch
 
 BITS = 10
@@ -67,7 +68,8 @@ class Rows:
 
 def grams(text: str, opening: bool = True) -> list[str]:
     """A text's lexical features as strings: lower-cased words, adjacent word pairs, and (``opening``)
-    the first word and first two words marked as such (``^how``, ``^how many``)."""
+    the first word and first two words marked as such (``^how``, ``^how many``; a one-word text's
+    first two words are its first word, so its ``^word`` comes twice)."""
     words = _WORD.findall(text.lower())
     if not words:
         return []
@@ -84,22 +86,75 @@ def row(text: str, bits: int = BITS, opening: bool = True) -> dict[int, float]:
 def features(texts: Sequence[str], bits: int = BITS, opening: bool = True) -> Rows:
     """Hashed n-gram rows (N texts, 2 ** bits columns): signed hashed counts, log-damped, unit length;
     a text with no word is an all-zero row. ``opening=False`` leaves out the opening-words features
-    (for measuring what they add). The per-gram hashing is the only Python loop (about 0.07 ms a
-    text of AG News); damping and scaling run on all rows at once, in float64, each row on its own."""
-    mask, crc = (1 << bits) - 1, zlib.crc32
-    indptr, indices, counts = [0], [], []
-    for text in texts:
-        buckets: dict[int, int] = {}
-        for gram in grams(text, opening):
-            h = crc(gram.encode("utf-8"))
-            buckets[h & mask] = buckets.get(h & mask, 0) + (-1 if h & _SIGN_BIT else 1)
-        kept = sorted((j, v) for j, v in buckets.items() if v != 0)
-        indices.extend(j for j, _ in kept)
-        counts.extend(v for _, v in kept)
-        indptr.append(len(indices))
-    offsets = torch.tensor(indptr, dtype=torch.int64)
-    v = torch.tensor(counts, dtype=torch.float64)
+    (for measuring what they add).
+
+    The gram strings of :func:`grams` are never built: CRC-32 is linear, so a pair's checksum
+    follows from its words' (:func:`_crc_pairs`), and only each distinct word is hashed in Python;
+    everything else runs on whole arrays. 10,001 AG News texts on one core of this 2-core CPU:
+    0.23 s, against 0.56 s gram by gram (median of 5; the word regex is 0.09 s of it), the same rows
+    bit for bit (tests/unit/al/test_al_lexical.py)."""
+    mask, n = (1 << bits) - 1, len(texts)
+    vocab: dict[str, int] = {}
+    per_text = [_WORD.findall(text.lower()) for text in texts]
+    lengths = np.fromiter(map(len, per_text), dtype=np.int64, count=n)
+    ids = np.fromiter((vocab.setdefault(w, len(vocab)) for words in per_text for w in words),
+                      dtype=np.int64, count=int(lengths.sum()))
+    encoded = [w.encode("utf-8") for w in vocab]
+    crc_word = np.fromiter(map(zlib.crc32, encoded), dtype=np.uint32, count=len(encoded))
+    crc_spaced = np.fromiter((zlib.crc32(b" " + w) for w in encoded), dtype=np.uint32, count=len(encoded))
+    spaced_len = np.fromiter((len(w) + 1 for w in encoded), dtype=np.int64, count=len(encoded))
+
+    owner = np.repeat(np.arange(n), lengths)  # the text each word belongs to
+    first = np.cumsum(lengths) - lengths  # position of each text's first word
+    pair = np.flatnonzero(owner[:-1] == owner[1:]) if ids.size > 1 else np.zeros(0, dtype=np.int64)
+    hashes = [crc_word[ids], _crc_pairs(crc_word[ids[pair]], crc_spaced[ids[pair + 1]], spaced_len[ids[pair + 1]])]
+    owners = [owner, owner[pair]]
+    if opening:
+        worded = np.flatnonzero(lengths > 0)
+        head = ids[first[worded]]  # "^w0" = "^" followed by w0
+        crc_head = _crc_pairs(np.full(head.size, _CARET, dtype=np.uint32), crc_word[head], spaced_len[head] - 1)
+        # "^w0 w1" = "^w0" followed by " w1"; a one-word text's "first two words" are "^w0" again
+        crc_two, longer = crc_head.copy(), lengths[worded] > 1
+        second = ids[first[worded[longer]] + 1]
+        crc_two[longer] = _crc_pairs(crc_head[longer], crc_spaced[second], spaced_len[second])
+        hashes += [crc_head, crc_two]
+        owners += [worded, worded]
+    h = np.concatenate(hashes).astype(np.int64)
+    cell = np.concatenate(owners) * (mask + 1) + (h & mask)  # (text, bucket), sorted by text then bucket
+    cells, where = np.unique(cell, return_inverse=True)
+    sums = np.bincount(where, weights=np.where(h & _SIGN_BIT, -1.0, 1.0), minlength=cells.size)
+    kept = sums != 0
+    cells, sums = cells[kept], sums[kept]
+    rows = cells >> bits
+    offsets = torch.from_numpy(np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=n))]))
+    v = torch.from_numpy(sums.astype(np.float64))
     v = torch.sign(v) * torch.log1p(v.abs())
-    owner = torch.repeat_interleave(torch.arange(len(texts)), offsets[1:] - offsets[:-1])
-    norms = torch.zeros(len(texts), dtype=torch.float64).index_add_(0, owner, v * v).sqrt()
-    return Rows(offsets, torch.tensor(indices, dtype=torch.int64), (v / norms[owner]).float(), 1 << bits)
+    owner_t = torch.from_numpy(rows)
+    norms = torch.zeros(n, dtype=torch.float64).index_add_(0, owner_t, v * v).sqrt()
+    return Rows(offsets, torch.from_numpy(cells & mask), (v / norms[owner_t]).float(), 1 << bits)
+
+
+_CARET = zlib.crc32(b"^")
+_SHIFTS: dict[int, np.ndarray] = {}
+
+
+def _crc_pairs(crc_a: np.ndarray, crc_b: np.ndarray, len_b: np.ndarray) -> np.ndarray:
+    """CRC-32 of each ``a + b`` from CRC-32(a), CRC-32(b) and b's length in bytes (zlib's
+    ``crc32_combine``, on arrays): ``crc(a + b) = shift_len(b)(crc(a)) ^ crc(b)``, where shifting a
+    checksum by n bytes is linear over GF(2) and is looked up one byte of the checksum at a time."""
+    lens, at = np.unique(len_b, return_inverse=True)
+    table = np.stack([_shift_table(int(k)) for k in lens]) if lens.size else np.zeros((0, 4, 256), np.uint32)
+    a = crc_a.astype(np.int64)
+    out = crc_b.astype(np.uint32).copy()
+    for byte in range(4):
+        out ^= table[at, byte, (a >> (8 * byte)) & 255]
+    return out
+
+
+def _shift_table(n: int) -> np.ndarray:
+    """(4, 256): entry [k, v] is the checksum ``v << 8k`` shifted by n zero bytes."""
+    if n not in _SHIFTS:
+        zeros, base = bytes(n), zlib.crc32(bytes(n))
+        _SHIFTS[n] = np.array([[zlib.crc32(zeros, v << (8 * k)) ^ base for v in range(256)] for k in range(4)],
+                              dtype=np.uint32)
+    return _SHIFTS[n]

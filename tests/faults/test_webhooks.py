@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import statistics
 import time
-from datetime import datetime, timezone
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
 
 import httpx
 import pytest
@@ -66,7 +66,7 @@ def assert_coalesced(jobs: list[dict], requests_ended: datetime) -> None:
     """
     at = datetime.fromisoformat
     jobs = sorted(jobs, key=lambda j: at(j["started_at"]))
-    for before, after in zip(jobs, jobs[1:]):
+    for before, after in zip(jobs, jobs[1:], strict=False):
         assert at(before["ended_at"]) <= at(after["started_at"]), "two retrains of one project overlapped"
         assert "follow-up" in after["description"], after["description"]
         assert at(before["started_at"]) <= requests_ended, "a follow-up with no request during its predecessor"

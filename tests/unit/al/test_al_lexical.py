@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import subprocess
 import sys
@@ -22,9 +23,11 @@ from hypothesis import strategies as st
 
 from backend.al import lexical
 from backend.al.config import EngineConfig
+from backend.al.datasets import load_tsv
 from backend.al.kinds import kind_class
 from backend.al.kinds.base import Model
 from backend.al.kinds.linear import LEXICAL_PRIOR, lexical_scale, scores
+from tests.unit.al.conftest import DATA
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 WORDS = st.text(alphabet=st.sampled_from("abc dé.,?\n1"), max_size=40)
@@ -54,6 +57,44 @@ def test_rows_are_unit_length_in_range_and_independent_of_the_batch(texts, bits)
         assert torch.equal(rows.dense(start, start + 3), dense[start:start + 3])
     order = list(reversed(range(len(texts))))
     assert torch.equal(rows.take(order).dense(), dense[order])
+
+
+def by_the_definition(texts: list[str], bits: int, opening: bool) -> list[dict[int, float]]:
+    """Each text's row the slow, obvious way: CRC-32 of every gram string, signed bucket sums, damped, unit length."""
+    out = []
+    for text in texts:
+        sums: dict[int, int] = {}
+        for gram in lexical.grams(text, opening):
+            h = zlib.crc32(gram.encode("utf-8"))
+            sums[h % 2 ** bits] = sums.get(h % 2 ** bits, 0) + (-1 if h >= 2 ** 31 else 1)
+        damped = {j: math.copysign(math.log1p(abs(v)), v) for j, v in sums.items() if v}
+        norm = math.sqrt(sum(v * v for v in damped.values()))
+        out.append({j: v / norm for j, v in damped.items()})
+    return out
+
+
+def assert_rows_by_the_definition(texts: list[str], bits: int, opening: bool) -> None:
+    rows = lexical.features(texts, bits, opening)
+    for i, want in enumerate(by_the_definition(texts, bits, opening)):
+        lo, hi = int(rows.indptr[i]), int(rows.indptr[i + 1])
+        got = dict(zip(rows.indices[lo:hi].tolist(), rows.values[lo:hi].tolist(), strict=True))
+        assert got.keys() == want.keys() and rows.indices[lo:hi].tolist() == sorted(want), texts[i]
+        assert all(abs(got[j] - want[j]) < 1e-6 for j in want), texts[i]
+
+
+@settings(max_examples=60, deadline=None)
+@given(texts=st.lists(st.text(alphabet=st.sampled_from("ab dé.?\nßx日"), max_size=30), max_size=10),
+       bits=st.integers(1, 16), opening=st.booleans())
+def test_rows_are_what_the_grams_definition_gives(texts, bits, opening):
+    """features() derives pairs' checksums from their words' (CRC-32 is linear) without building a
+    gram string: the buckets and values are the definition's, one-word texts and non-ASCII included."""
+    assert_rows_by_the_definition(texts, bits, opening)
+
+
+def test_rows_are_what_the_grams_definition_gives_on_real_text():
+    for name in ("agnews", "clinc150"):
+        texts, _ = load_tsv(DATA / name / "pool.tsv")
+        assert_rows_by_the_definition(texts[:300] + ["x" * 500 + " y", "Été"], lexical.BITS, True)
 
 
 def test_a_text_gets_the_same_row_in_another_process():
