@@ -19,6 +19,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from backend.al import lexical
 from backend.al.acquisition import acquire, ambiguous
 from backend.al.config import EngineConfig
 from backend.al.embeddings import EmbeddingCache, text_digests
@@ -57,6 +58,7 @@ class ActiveLearner:
         self._encoder: TextEncoder | None = None
         self._device: torch.device | None = None
         self._kinds: dict[str, ModelKind] = {}
+        self._gram_caches: dict[tuple[int, int], EmbeddingCache] = {}
 
     def __repr__(self) -> str:
         return f"ActiveLearner({self.config!r}, cache={self.cache!r})"
@@ -112,6 +114,40 @@ class ActiveLearner:
         elif progress:
             progress(len(texts), len(texts))
         return x if x is not None else torch.zeros(0, self._dim_hint())
+
+    def grams(self, texts: Sequence[str], bits: int) -> lexical.Rows:
+        """Hashed n-gram rows of texts (:func:`backend.al.lexical.features`), read from and added to
+        the cache folder when there is one: beside the embeddings, keyed by the same digests, as
+        packed counts (:func:`backend.al.lexical.pack`), so a warm pool costs a look-up, not the hashing."""
+        if self.cache is None or bits > lexical.MAX_PACKED_BITS:
+            return lexical.features(texts, bits)
+        digests = text_digests(texts)
+        todo, parts = np.arange(len(texts)), []
+        for width in lexical.PACKED_WIDTHS:
+            if not todo.size:
+                break
+            found, packed = self._gram_cache(bits, width).lookup(digests[todo])
+            if found.any():
+                parts.append((todo[found], lexical.unpack(packed.numpy()[found], bits)))
+                todo = todo[~found]
+        if todo.size:
+            fresh = lexical.counts([texts[i] for i in todo.tolist()], bits)
+            parts.append((todo, fresh))
+            stored = np.zeros(todo.size, dtype=bool)
+            for width in lexical.PACKED_WIDTHS:
+                packed, fits = lexical.pack(fresh, todo.size, bits, width)
+                new = fits & ~stored
+                if new.any():
+                    self._gram_cache(bits, width).store(digests[todo[new]], packed[new])
+                stored |= fits
+        return lexical.finish(lexical.merge(parts, len(texts)), len(texts), bits)
+
+    def _gram_cache(self, bits: int, width: int) -> EmbeddingCache:
+        key = (bits, width)
+        if key not in self._gram_caches:
+            identity = f"lexical n-gram counts v1: crc32, {bits} bits, opening words, packed {width} wide"
+            self._gram_caches[key] = EmbeddingCache(self.cache.dir.parent, identity)
+        return self._gram_caches[key]
 
     def _lookup_memory(self, digests: np.ndarray) -> tuple[np.ndarray, torch.Tensor | None]:
         """:meth:`EmbeddingCache.lookup` for a learner without a cache folder."""

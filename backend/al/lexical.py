@@ -83,10 +83,35 @@ def row(text: str, bits: int = BITS, opening: bool = True) -> dict[int, float]:
     return dict(zip(rows.indices.tolist(), rows.values.tolist(), strict=True))
 
 
+@dataclass(frozen=True)
+class Counts:
+    """Signed bucket counts before damping: entry k is bucket ``buckets[k]`` of text ``rows[k]``, with a
+    non-zero count; sorted by row, then bucket. What :func:`pack` stores and :func:`finish` turns into rows."""
+
+    rows: np.ndarray  # int64 (nnz,)
+    buckets: np.ndarray  # int64 (nnz,)
+    counts: np.ndarray  # int64 (nnz,)
+
+
+def finish(c: Counts, n: int, bits: int) -> Rows:
+    """The feature rows of n texts from their bucket counts: ``sign * log1p(|count|)``, unit length."""
+    offsets = torch.from_numpy(np.concatenate([[0], np.cumsum(np.bincount(c.rows, minlength=n))]).astype(np.int64))
+    v = torch.from_numpy(c.counts.astype(np.float64))
+    v = torch.sign(v) * torch.log1p(v.abs())
+    owner = torch.from_numpy(c.rows.astype(np.int64))
+    norms = torch.zeros(n, dtype=torch.float64).index_add_(0, owner, v * v).sqrt()
+    return Rows(offsets, torch.from_numpy(c.buckets.astype(np.int64)), (v / norms[owner]).float(), 1 << bits)
+
+
 def features(texts: Sequence[str], bits: int = BITS, opening: bool = True) -> Rows:
     """Hashed n-gram rows (N texts, 2 ** bits columns): signed hashed counts, log-damped, unit length;
     a text with no word is an all-zero row. ``opening=False`` leaves out the opening-words features
-    (for measuring what they add).
+    (for measuring what they add)."""
+    return finish(counts(texts, bits, opening), len(texts), bits)
+
+
+def counts(texts: Sequence[str], bits: int = BITS, opening: bool = True) -> Counts:
+    """The texts' signed bucket counts, what :func:`features` damps and scales.
 
     The gram strings of :func:`grams` are never built: CRC-32 is linear, so a pair's checksum
     follows from its words' (:func:`_crc_pairs`), and only each distinct word is hashed in Python;
@@ -124,14 +149,56 @@ def features(texts: Sequence[str], bits: int = BITS, opening: bool = True) -> Ro
     cells, where = np.unique(cell, return_inverse=True)
     sums = np.bincount(where, weights=np.where(h & _SIGN_BIT, -1.0, 1.0), minlength=cells.size)
     kept = sums != 0
-    cells, sums = cells[kept], sums[kept]
-    rows = cells >> bits
-    offsets = torch.from_numpy(np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=n))]))
-    v = torch.from_numpy(sums.astype(np.float64))
-    v = torch.sign(v) * torch.log1p(v.abs())
-    owner_t = torch.from_numpy(rows)
-    norms = torch.zeros(n, dtype=torch.float64).index_add_(0, owner_t, v * v).sqrt()
-    return Rows(offsets, torch.from_numpy(cells & mask), (v / norms[owner_t]).float(), 1 << bits)
+    return Counts(cells[kept] >> bits, cells[kept] & mask, sums[kept].astype(np.int64))
+
+
+PACKED_WIDTHS = (64, 256, 1024)
+"""Widths of the fixed-width rows :func:`pack` writes (non-zero buckets a text may have): a text is
+stored in the narrowest that holds it (AG News: 58 a text at the median, 113 at the 99th percentile,
+227 at most; CLINC150: 17, 35, 56); a text with more is hashed again each time."""
+MAX_PACKED_BITS = 16
+"""Above this many bits, rows are not packed (a count would have too few bits left: :func:`pack`)."""
+
+
+def pack(c: Counts, n: int, bits: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """n texts' counts as fixed-width float32 rows (n, width), the embedding cache's format, and which
+    texts fit (n,) bool. Each non-zero bucket is one integer ``count * 2 ** bits + bucket`` (exact in
+    float32 while ``|count| < 2 ** (23 - bits)``), in bucket order, then zeros. A text fits when it has
+    at most ``width`` non-zero buckets and no count out of that range; its row is zero otherwise."""
+    if bits > MAX_PACKED_BITS:
+        raise ValueError(f"rows of more than {MAX_PACKED_BITS} bits are not packed, got {bits}")
+    per_text = np.bincount(c.rows, minlength=n)
+    too_big = np.bincount(c.rows, weights=np.abs(c.counts) >= 1 << (23 - bits), minlength=n) > 0
+    fits = (per_text <= width) & ~too_big
+    slot = np.arange(c.rows.size) - (np.cumsum(per_text) - per_text)[c.rows]
+    keep = fits[c.rows]
+    out = np.zeros((n, width), dtype=np.float32)
+    out[c.rows[keep], slot[keep]] = (c.counts[keep] * (1 << bits) + c.buckets[keep]).astype(np.float32)
+    return out, fits
+
+
+def unpack(packed: np.ndarray, bits: int) -> Counts:
+    """The counts of rows (M, width) that :func:`pack` wrote."""
+    nonzero = packed != 0
+    code = packed[nonzero].astype(np.int64)  # row-major: by text, then slot, which is bucket order
+    count = np.floor_divide(code, 1 << bits)
+    return Counts(np.repeat(np.arange(len(packed)), nonzero.sum(axis=1)), code - count * (1 << bits), count)
+
+
+def merge(parts: Sequence[tuple[np.ndarray, Counts]], n: int) -> Counts:
+    """The counts of n texts from parts (positions (M,), counts of those M texts): text j of a part is
+    text ``positions[j]``, every text in at most one part. Entries are placed, not sorted."""
+    sizes = [np.bincount(c.rows, minlength=len(positions)) for positions, c in parts]
+    per_text = np.zeros(n, dtype=np.int64)
+    for (positions, _), size in zip(parts, sizes, strict=True):
+        per_text[positions] = size
+    start = np.cumsum(per_text) - per_text
+    out = Counts(*(np.empty(int(per_text.sum()), dtype=np.int64) for _ in range(3)))
+    for (positions, c), size in zip(parts, sizes, strict=True):
+        within = np.arange(c.rows.size) - (np.cumsum(size) - size)[c.rows]
+        at = start[positions[c.rows]] + within
+        out.rows[at], out.buckets[at], out.counts[at] = positions[c.rows], c.buckets, c.counts
+    return out
 
 
 _CARET = zlib.crc32(b"^")

@@ -15,6 +15,7 @@ from typing import Any, Callable, Protocol, Sequence
 
 import torch
 
+from backend.al import lexical
 from backend.al.config import EngineConfig
 
 Progress = Callable[[int, int], None]
@@ -75,6 +76,10 @@ class Backbone(Protocol):
 
     def embed(self, texts: Sequence[str], progress: Progress | None = None) -> torch.Tensor:
         """Cached sentence embeddings (N, D)."""
+        ...
+
+    def grams(self, texts: Sequence[str], bits: int) -> "lexical.Rows":
+        """Cached hashed n-gram rows (N texts, 2 ** bits columns): :func:`backend.al.lexical.features`."""
         ...
 
 

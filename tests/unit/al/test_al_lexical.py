@@ -15,6 +15,7 @@ import subprocess
 import sys
 import zlib
 
+import numpy
 import pytest
 import torch
 import torch.nn.functional as F
@@ -27,6 +28,7 @@ from backend.al.datasets import load_tsv
 from backend.al.kinds import kind_class
 from backend.al.kinds.base import Model
 from backend.al.kinds.linear import LEXICAL_PRIOR, lexical_scale, scores
+from backend.al.learner import ActiveLearner
 from tests.unit.al.conftest import DATA
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
@@ -148,6 +150,9 @@ class NoSignalBackbone:
         rows = [torch.randn(16, generator=torch.Generator().manual_seed(zlib.crc32(t.encode()))) for t in texts]
         return F.normalize(torch.stack(rows), dim=1) if rows else torch.zeros(0, 16)
 
+    def grams(self, texts, bits) -> lexical.Rows:
+        return lexical.features(texts, bits)
+
 
 def keyword_texts(n: int, seed: int) -> tuple[list[str], list[str]]:
     """Texts of random filler words around one keyword that decides the class."""
@@ -198,3 +203,52 @@ def test_the_linear_kind_learns_what_only_the_words_say(mode):
 def test_a_lexical_weight_out_of_range_is_refused():
     with pytest.raises(ValueError, match="lexical"):
         EngineConfig(lexical=-0.1)
+
+
+@settings(max_examples=40, deadline=None)
+@given(texts=st.lists(WORDS, max_size=10), bits=st.integers(1, 16), width=st.sampled_from([1, 3, 64]))
+def test_packed_counts_read_back_exactly_and_rows_that_do_not_fit_are_left_out(texts, bits, width):
+    c = lexical.counts(texts, bits)
+    packed, fits = lexical.pack(c, len(texts), bits, width)
+    per_text = torch.bincount(torch.from_numpy(c.rows), minlength=len(texts))
+    assert fits.tolist() == (per_text <= width).tolist()  # short texts: no count out of range
+    assert not packed[~fits].any()
+    back = lexical.unpack(packed[fits], bits)
+    keep = fits[c.rows]
+    assert (numpy.flatnonzero(fits)[back.rows] == c.rows[keep]).all()
+    assert (back.buckets == c.buckets[keep]).all() and (back.counts == c.counts[keep]).all()
+
+
+def test_a_count_too_large_for_its_slot_is_not_packed():
+    c = lexical.counts(["spam " * 200, "eggs"], 16)  # "spam" 200 times; at 16 bits a slot holds |count| < 128
+    _, fits = lexical.pack(c, 2, 16, 64)
+    assert fits.tolist() == [False, True]
+
+
+def test_the_learner_caches_rows_beside_the_embeddings_and_reads_them_back_bit_for_bit(tiny_bert, tmp_path,
+                                                                                       monkeypatch):
+    texts, _ = load_tsv(DATA / "agnews" / "pool.tsv")
+    many = " ".join(f"w{i}" for i in range(400))  # > 256 buckets: packed 1,024 wide
+    texts = texts[:200] + [many, "", texts[0], "Été"]
+    for bits in (10, 12):
+        want = lexical.features(texts, bits)
+        got = ActiveLearner(EngineConfig(encoder=str(tiny_bert)), cache_dir=tmp_path).grams(texts, bits)
+        assert_same_rows(got, want)
+        hashed: list[int] = []
+        real = lexical.counts
+        monkeypatch.setattr(lexical, "counts", lambda t, b, seen=hashed, real=real: seen.append(len(t)) or real(t, b))
+        again = ActiveLearner(EngineConfig(encoder=str(tiny_bert)), cache_dir=tmp_path).grams(texts[::-1], bits)
+        monkeypatch.setattr(lexical, "counts", real)
+        assert_same_rows(again, lexical.features(texts[::-1], bits))
+        assert hashed == []  # a warm pool is read, not hashed
+    # more buckets than the widest packed row: hashed again every time, the same rows
+    wide = [" ".join(f"x{i}" for i in range(3000))]
+    learner = ActiveLearner(EngineConfig(encoder=str(tiny_bert)), cache_dir=tmp_path)
+    assert_same_rows(learner.grams(wide, 14), lexical.features(wide, 14))
+    assert_same_rows(learner.grams(wide, 14), lexical.features(wide, 14))
+
+
+def assert_same_rows(a: lexical.Rows, b: lexical.Rows) -> None:
+    assert a.width == b.width
+    for name in ("indptr", "indices", "values"):
+        assert torch.equal(getattr(a, name), getattr(b, name)), name

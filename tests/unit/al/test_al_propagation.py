@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from backend.al import propagation
+from backend.al import lexical, propagation
 from backend.al.config import EngineConfig
 from backend.al.kinds import kind_class
 
@@ -126,6 +126,9 @@ class ClusterBackbone:
     def embed(self, texts, progress=None) -> torch.Tensor:
         self.embedded.append(len(texts))
         return self.x[[int(t) for t in texts]]
+
+    def grams(self, texts, bits) -> lexical.Rows:
+        return lexical.features(texts, bits)
 
 
 def chains(per: int = 100) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
