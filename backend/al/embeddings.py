@@ -147,11 +147,16 @@ def identity_dir(root: Path | str, identity: str, marker: str) -> Path:
 
 
 class EmbeddingCache:
-    """Embeddings of one encoder, persisted under root in memory-mapped segments."""
+    """Embeddings of one encoder, persisted under root in memory-mapped segments.
 
-    def __init__(self, root: Path, identity: str) -> None:
+    Any fixed-width float32 rows keyed by text digest fit the format: the ``linear`` kind keeps its
+    texts' packed n-gram counts in caches of their own beside the embeddings (``marker`` names the
+    file that says in words what a folder holds; :meth:`backend.al.learner.ActiveLearner.grams`).
+    """
+
+    def __init__(self, root: Path, identity: str, marker: str = "ENCODER") -> None:
         self.identity = identity
-        self.dir = identity_dir(root, identity, "ENCODER")
+        self.dir = identity_dir(root, identity, marker)
         self.segments_dir = self.dir / "segments"
         self.segments_dir.mkdir(exist_ok=True)
         self._open: dict[str, Segment] = {}

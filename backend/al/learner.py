@@ -146,7 +146,7 @@ class ActiveLearner:
         key = (bits, width)
         if key not in self._gram_caches:
             identity = f"lexical n-gram counts v1: crc32, {bits} bits, opening words, packed {width} wide"
-            self._gram_caches[key] = EmbeddingCache(self.cache.dir.parent, identity)
+            self._gram_caches[key] = EmbeddingCache(self.cache.dir.parent, identity, marker="FEATURES")
         return self._gram_caches[key]
 
     def _lookup_memory(self, digests: np.ndarray) -> tuple[np.ndarray, torch.Tensor | None]:
