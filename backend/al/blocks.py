@@ -16,19 +16,11 @@ import torch.nn.functional as F
 def by_blocks(x: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor], block: int) -> torch.Tensor:
     """fn over x (N, D) in blocks of exactly ``block`` rows. fn maps (block, D) -> (block, ...);
     returns (N, ...). An empty x gives fn's output shape with 0 rows."""
-    return by_row_blocks(x.shape[0], lambda start, stop: x[start:stop], fn, block)
-
-
-def by_row_blocks(n: int, rows: Callable[[int, int], torch.Tensor], fn: Callable[[torch.Tensor], torch.Tensor],
-                  block: int) -> torch.Tensor:
-    """fn over n rows built a block at a time: ``rows(start, stop)`` gives rows start..stop (stop - start, D),
-    zero-padded to exactly ``block`` rows for fn. For inputs too large to hold at once (the linear kind's
-    n-gram features are built per block)."""
+    n = x.shape[0]
     if n == 0:
-        empty = rows(0, 0)
-        return fn(empty.new_zeros(block, *empty.shape[1:]))[:0]
+        return fn(x.new_zeros(block, *x.shape[1:]))[:0]
     parts = []
     for start in range(0, n, block):
-        part = rows(start, min(start + block, n))
+        part = x[start:start + block]
         parts.append(fn(F.pad(part, (0, 0, 0, block - part.shape[0])))[:part.shape[0]])
     return torch.cat(parts)
