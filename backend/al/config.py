@@ -36,11 +36,11 @@ class EngineConfig:
     dropout: float = 0.3
     # The linear kind's pseudo-labels from label spreading over the unlabelled pool (backend.al.propagation):
     # "auto" checks on the labels (k-fold) that the fit labels held-out ones better with them than
-    # without, and uses them only then; at most propagation_pool pool texts (a seeded sample) join the
-    # graph. Off by default: "auto" saved far more labels on AG News (ratio 1.92 -> 4.17) but cost
-    # CLINC150's 150 intents 3.5 points at 500 labels, with single rounds 7-10 points down
-    # (docs/BENCHMARKS.md, "Label propagation").
-    propagation: str = "off"
+    # without, and uses them only then, and only from 5 labels a class on average (below, the check
+    # let harmful pseudo-labels through on CLINC150's 150 intents); at most propagation_pool pool
+    # texts (a seeded sample) join the graph. The default: AG News's ratio 1.92 -> 4.17, TREC-6
+    # and CLINC150 unchanged to 500 labels (docs/BENCHMARKS.md, "Label propagation").
+    propagation: str = "auto"
     propagation_pool: int = 20000
     l2: float = 0.0  # prior precision of the linear kind's weights; 0: by the labelled set's shape (kinds.linear)
     # The linear kind's hashed word n-grams beside the embedding (backend/al/lexical.py): their scale grows

@@ -1,5 +1,5 @@
 """A retrain through the real worker hands the project's unlabelled tasks to the learner for
-pseudo-labels when PROPAGATION is on, and nothing when it is off (the default)."""
+pseudo-labels when PROPAGATION is on, and nothing when it is off."""
 
 from __future__ import annotations
 
