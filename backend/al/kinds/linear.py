@@ -293,9 +293,7 @@ class Kind(KindBase):
         pool_grams = self.backbone.grams(pool_texts, lexical.BITS) if scale > 0 else None
 
         def pool_x(idx: torch.Tensor) -> torch.Tensor:  # features of pool rows idx (their n-grams made dense only here)
-            if pool_grams is None:
-                return pool_emb[idx]
-            return torch.cat([pool_emb[idx], scale * pool_grams.take(idx).dense()], dim=1)
+            return with_grams(pool_emb[idx], None if pool_grams is None else pool_grams.take(idx), scale)
         seeds, labels, n_classes = torch.arange(len(x)), targets.argmax(dim=1), targets.shape[1]
         stats: dict = {"propagation_pool": len(pool_emb)}
         pool_rows = torch.arange(len(x), len(x) + len(pool_emb))
