@@ -116,7 +116,8 @@ def counts(texts: Sequence[str], bits: int = BITS, opening: bool = True) -> Coun
     The gram strings of :func:`grams` are never built: CRC-32 is linear, so a pair's checksum
     follows from its words' (:func:`_crc_pairs`), and only each distinct word is hashed in Python;
     everything else runs on whole arrays. 10,001 AG News texts on one core of this 2-core CPU:
-    0.23 s, against 0.56 s gram by gram (median of 5; the word regex is 0.09 s of it), the same rows
+    0.23-0.34 s, against 0.47-0.56 s gram by gram (scripts/bench_lexical_hashing.py, medians of 5 in
+    three runs; the word regex is about 0.09 s of it), the same rows
     bit for bit (tests/unit/al/test_al_lexical.py)."""
     mask, n = (1 << bits) - 1, len(texts)
     vocab: dict[str, int] = {}
