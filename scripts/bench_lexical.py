@@ -26,8 +26,9 @@ sys.path.insert(0, str(ROOT))
 from backend.al import lexical  # noqa: E402
 from backend.al.config import EngineConfig  # noqa: E402
 from backend.al.datasets import load_trec, load_tsv  # noqa: E402
-from backend.al.kinds.linear import default_l2, fit_logistic, lexical_scale  # noqa: E402
+from backend.al.kinds.linear import default_l2, lexical_scale  # noqa: E402
 from backend.al.learner import ActiveLearner  # noqa: E402
+from backend.al.logistic import fit_logistic  # noqa: E402
 from backend.al.training import class_weights  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"

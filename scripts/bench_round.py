@@ -10,7 +10,8 @@ rest of the pool unlabelled; times ``ActiveLearner.fit(..., pool=unlabelled)`` a
 Embeddings come from the cache (the first run embeds the pools: minutes on a CPU); publishing
 to Label Studio is not part of it (scripts/bench_loop.py times whole rounds against LS).
 Prints one line per case, with the propagation check's counts and the number of pseudo-labels,
-and the machine's load.
+and the machine's load. Before the timed cases one untimed fit imports what a fit imports on first
+use (torch.optim pulls in torch._dynamo: seconds), as a worker does at start (workers/worker.py).
 """
 
 from __future__ import annotations
@@ -41,14 +42,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache-dir", default=str(ROOT / "data" / "embeddings"))
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: as the simulations run)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--settings", default="auto,off", help="PROPAGATION settings to time, comma-separated")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    warm = ActiveLearner(EngineConfig(), Path(args.cache_dir))
+    texts, labels = load_tsv(DATA / args.datasets.split(",")[0] / "pool.tsv")
+    step = max(len(texts) // 50, 1)
+    warm.fit(texts[::step], labels[::step], sorted(set(labels)))
     for name in args.datasets.split(","):
         texts, labels = load_tsv(DATA / name / "pool.tsv")
         test_texts, test_labels = load_tsv(DATA / name / "test.tsv")
         classes = sorted(set(labels))
         gold = torch.tensor([classes.index(y) for y in test_labels])
-        for setting in ("auto", "off"):
+        for setting in args.settings.split(","):
             learner = ActiveLearner(dataclasses.replace(EngineConfig(), propagation=setting), Path(args.cache_dir))
             learner.embed(texts)  # warm the cache first: the round reads cached embeddings
             for n in (int(v) for v in args.labels.split(",")):

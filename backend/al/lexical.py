@@ -19,6 +19,7 @@ compute, no state: the same text always gives the same row.
 from __future__ import annotations
 
 import re
+import warnings
 import zlib
 from dataclasses import dataclass
 from typing import Sequence
@@ -64,6 +65,32 @@ class Rows:
         # entry k of the result is entry first[row] + (k - indptr[row]) of this one
         at = torch.repeat_interleave(first - indptr[:-1], counts) + torch.arange(int(indptr[-1]))
         return Rows(indptr, self.indices[at], self.values[at], self.width)
+
+    def cat(self, other: "Rows") -> "Rows":
+        """These rows, then other's."""
+        if other.width != self.width:
+            raise ValueError(f"rows of {self.width} and {other.width} columns")
+        indptr = torch.cat([self.indptr, other.indptr[1:] + self.indptr[-1]])
+        values = torch.cat([self.values, other.values])
+        return Rows(indptr, torch.cat([self.indices, other.indices]), values, self.width)
+
+    def csr(self, dtype: torch.dtype = torch.float32, scale: float = 1.0) -> torch.Tensor:
+        """``scale`` x these rows as a sparse CSR tensor (N, width) of dtype."""
+        return _csr(self.indptr, self.indices, scale * self.values.to(dtype), (len(self), self.width))
+
+    def csr_transposed(self, dtype: torch.dtype = torch.float32, scale: float = 1.0) -> torch.Tensor:
+        """``scale`` x the transpose (width, N) as a sparse CSR tensor: column j's entries, by row."""
+        owner = torch.repeat_interleave(torch.arange(len(self)), self.indptr[1:] - self.indptr[:-1])
+        order = torch.argsort(self.indices * max(len(self), 1) + owner)  # by column, then row
+        per_column = torch.bincount(self.indices, minlength=self.width)
+        indptr = torch.cat([torch.zeros(1, dtype=torch.int64), per_column.cumsum(0)])
+        return _csr(indptr, owner[order], scale * self.values[order].to(dtype), (self.width, len(self)))
+
+
+def _csr(indptr: torch.Tensor, indices: torch.Tensor, values: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        return torch.sparse_csr_tensor(indptr, indices, values, shape, check_invariants=False)
 
 
 def grams(text: str, opening: bool = True) -> list[str]:

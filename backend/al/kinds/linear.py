@@ -22,30 +22,22 @@ on AG News and CLINC150, higher on TREC-6; docs/BENCHMARKS.md, section 5, has th
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import asdict, dataclass
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 
 from backend.al import lexical, propagation
 from backend.al.blocks import by_blocks
-from backend.al.kinds.base import KindBase, Model, Progress, logits_to_probs, stats_of
-from backend.al.training import _threads, class_weights
+from backend.al.kinds.base import Backbone, KindBase, Model, Progress, logits_to_probs, stats_of
+from backend.al.logistic import POSTERIOR_MIN_PRIOR, Design, fit_logistic, laplace_samples
+from backend.al.training import class_weights
 
-POSTERIOR_MIN_PRIOR = 1.0
-"""The samples' prior precision is at least this (scikit-learn's C = 1 scale on unit-norm embeddings):
-at the fit's own l2 (0.03 on CLINC150 at 500 labels) a direction no label covers gets a logit std
-of ~6 in every sample, and BALD ranks that noise (docs/BENCHMARKS.md, "Labels saved")."""
 SAMPLED = ("bald", "variation_ratios")
 """Acquisition functions that read the disagreement of the T samples (the others read their mean)."""
 # Rows per block of scoring: every block has exactly this many rows (see scores()).
 _BLOCK = 1024
-# L-BFGS: full batch, strong Wolfe line search; the problem is convex and small (D x C weights).
-_MAX_ITER = 500
-_TOLERANCE = 1e-7
-
 
 @dataclass(frozen=True)
 class LinearArch:
@@ -78,80 +70,6 @@ def lexical_scale(l2: float, cap: float) -> float:
     return min(cap, math.sqrt(l2 / LEXICAL_PRIOR)) if cap > 0 else 0.0
 
 
-def fit_logistic(x: torch.Tensor, targets: torch.Tensor, multilabel: bool, l2: float,
-                 weights: torch.Tensor | None = None,
-                 items: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """L2-regularised logistic regression, to convergence. x (N, D), targets (N, C) -> (W (D, C), b (C,), stats).
-
-    Minimises ``sum_i w_i loss_i + l2 / 2 * ||W||^2`` (the bias is not penalised), which is
-    scikit-learn's ``LogisticRegression(C=1/l2)`` objective; ``weights`` (C,) weight each item
-    by its class (single-label) or each label's positives (multi-label); ``items`` (N,), single-label
-    only, weight each item directly instead (pseudo-labels get their own weight). Float64, one
-    thread, deterministic: the same inputs give the same bits.
-    """
-    if l2 <= 0:
-        raise ValueError(f"l2 must be > 0, got {l2}")
-    x64, y64 = x.double(), targets.double()
-    n, d = x64.shape
-    c = y64.shape[1]
-    w = torch.zeros(d, c, dtype=torch.float64, requires_grad=True)
-    b = torch.zeros(c, dtype=torch.float64, requires_grad=True)
-    if multilabel:
-        if items is not None:
-            raise ValueError("per-item weights are for single-label targets")
-        pos = None if weights is None else weights.double()
-        item = None
-    else:
-        pos = None
-        if items is not None:
-            item = items.double()
-        else:
-            item = torch.ones(n, dtype=torch.float64) if weights is None else (y64 @ weights.double())
-    optimizer = torch.optim.LBFGS([w, b], lr=1, max_iter=_MAX_ITER, tolerance_grad=_TOLERANCE,
-                                  tolerance_change=1e-12, history_size=20, line_search_fn="strong_wolfe")
-    scale = 1.0 / n  # the mean form: the same optimum, gradients of order 1 whatever N is
-
-    def closure() -> torch.Tensor:
-        optimizer.zero_grad()
-        logits = x64 @ w + b
-        if multilabel:
-            data = F.binary_cross_entropy_with_logits(logits, y64, pos_weight=pos, reduction="sum")
-        else:
-            data = (item * F.cross_entropy(logits, y64.argmax(dim=1), reduction="none")).sum()
-        loss = scale * (data + 0.5 * l2 * (w * w).sum())
-        loss.backward()
-        return loss
-
-    with _threads(1):
-        optimizer.step(closure)
-        loss = closure()
-    state = optimizer.state[optimizer._params[0]]
-    return w.detach(), b.detach(), {"iterations": int(state.get("n_iter", 0)), "train_loss": loss.item()}
-
-
-def laplace_samples(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, multilabel: bool, l2: float,
-                    samples: int, generator: torch.Generator, items: torch.Tensor | None = None) -> torch.Tensor:
-    """T weight matrices (T, D, C) from the Kronecker-factored Laplace posterior around (w, b).
-
-    Class c's precision is ``max(l2, POSTERIOR_MIN_PRIOR) * I + a_c * G``, ``G = sum_i v_i x_i x_i^T`` (v_i the item's
-    weight) and ``a_c = sum_i v_i p_ic (1 - p_ic) / sum_i v_i``; one eigendecomposition of G
-    serves every class.
-    """
-    x64 = x.double()
-    n, d = x64.shape
-    c = w.shape[1]
-    probs = logits_to_probs(x64 @ w + b, multilabel)  # (N, C)
-    item = torch.ones(n, dtype=torch.float64) if items is None else items.double()
-    gram = (x64 * item[:, None]).T @ x64  # (D, D)
-    a = (item[:, None] * probs * (1 - probs)).sum(dim=0) / item.sum()  # (C,)
-    with _threads(1):
-        eigvals, eigvecs = torch.linalg.eigh(gram)
-    prior = max(l2, POSTERIOR_MIN_PRIOR)
-    scale = (prior + a[None, :] * eigvals.clamp_min(0)[:, None]).rsqrt()  # (D, C): per-direction posterior std
-    z = torch.randn(samples, d, c, generator=generator, dtype=torch.float64)
-    return (w + eigvecs @ (scale * z)).float()  # (T, D, C)
-
-
 def scores(x: torch.Tensor, weights: torch.Tensor, bias: torch.Tensor, grams: lexical.Rows | None = None,
            scale: float = 0.0, block: int = _BLOCK) -> torch.Tensor:
     """Logits (N, T, C) of T weight matrices (T, D, C) and a bias (C,) for embeddings x (N, D'),
@@ -178,26 +96,21 @@ def sparse_logits(rows: lexical.Rows, weights: torch.Tensor) -> torch.Tensor:
     t, k, c = weights.shape
     if k != rows.width:
         raise ValueError(f"weights for {k} n-gram columns, rows of {rows.width}")
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-        csr = torch.sparse_csr_tensor(rows.indptr, rows.indices, rows.values.to(weights.dtype), (len(rows), k),
-                                      check_invariants=False)
-    return torch.sparse.mm(csr, weights.permute(1, 0, 2).reshape(k, t * c)).view(len(rows), t, c)
+    return torch.sparse.mm(rows.csr(weights.dtype), weights.permute(1, 0, 2).reshape(k, t * c)).view(len(rows), t, c)
 
 
-def with_grams(x: torch.Tensor, grams: lexical.Rows | None, scale: float) -> torch.Tensor:
-    """Embeddings x (N, D) with ``scale`` x the texts' hashed n-gram rows beside them when scale > 0."""
-    if scale <= 0 or grams is None:
-        return x
-    return torch.cat([x, scale * grams.dense()], dim=1)
+def features(backbone: Backbone, texts: Sequence[str], emb: torch.Tensor, scale: float) -> Design:
+    """The training rows of texts: their embeddings emb (N, E) beside ``scale`` x their hashed n-gram
+    rows (kept sparse) when scale > 0."""
+    return Design(emb, backbone.grams(texts, lexical.BITS) if scale > 0 else None, scale)
 
 
-def pseudo_rows(pool_x: Callable[[torch.Tensor], torch.Tensor], pseudo: propagation.PseudoLabels, offset: int,
-                n_labels: int, n_classes: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Pseudo-labels as training rows: features (P, D) of the pool rows (``pool_x(graph row - offset)``),
-    one-hot targets (P, C) and weights (P,) that sum to PSEUDO_WEIGHT * n_labels."""
+def pseudo_rows(pool: Design, pseudo: propagation.PseudoLabels, offset: int, n_labels: int,
+                n_classes: int) -> tuple[Design, torch.Tensor, torch.Tensor]:
+    """Pseudo-labels as training rows: the pool's rows ``graph row - offset``, one-hot targets (P, C)
+    and weights (P,) that sum to PSEUDO_WEIGHT * n_labels."""
     weight = propagation.PSEUDO_WEIGHT * n_labels / pseudo.rows.numel()
-    return (pool_x(pseudo.rows - offset), F.one_hot(pseudo.classes, n_classes).float(),
+    return (pool.take(pseudo.rows - offset), F.one_hot(pseudo.classes, n_classes).float(),
             torch.full((pseudo.rows.numel(),), weight))
 
 
@@ -238,13 +151,13 @@ class Kind(KindBase):
         targets = targets.float().cpu()
         l2 = self.l2(len(texts), targets.shape[1])
         scale = lexical_scale(l2, cfg.lexical) if self.lexical else 0.0
-        x = with_grams(emb, self.backbone.grams(texts, lexical.BITS) if scale > 0 else None, scale)
+        x = features(self.backbone, texts, emb, scale)
         weights = class_weights(targets, multilabel) if self.class_weighted else None
         items = None if weights is None or multilabel else targets @ weights
         pseudo, spread_stats = self.propagate(emb, x, targets, multilabel, pool, scale, progress)
         if pseudo is not None:
             px, pt, pw = pseudo
-            w, b, fit_stats = fit_logistic(torch.cat([x, px]), torch.cat([targets, pt]), False, l2,
+            w, b, fit_stats = fit_logistic(x.cat(px), torch.cat([targets, pt]), False, l2,
                                            items=torch.cat([self.item_weights(targets), pw]))
         else:
             w, b, fit_stats = fit_logistic(x, targets, multilabel, l2, weights)
@@ -255,7 +168,7 @@ class Kind(KindBase):
         posterior = self.posterior and cfg.mc_samples > 1 and (cfg.strategy in SAMPLED or cfg.ambiguity)
         if posterior:
             generator = torch.Generator().manual_seed(cfg.seed)
-            sampled = laplace_samples(x, w, b, multilabel, l2, cfg.mc_samples, generator, items)
+            sampled = laplace_samples(x.to_dense(), w, b, multilabel, l2, cfg.mc_samples, generator, items)
         else:
             sampled = w.float().unsqueeze(0)
         arch = LinearArch(dim=int(emb.shape[1]), l2=l2, samples=int(sampled.shape[0]) if posterior else 0,
@@ -266,14 +179,14 @@ class Kind(KindBase):
                      state={"weights": sampled.contiguous(), "bias": b.float()}, n_train=len(texts),
                      arch=asdict(arch), stats=stats_of(targets, False, {**fit_stats, **spread_stats}))
 
-    def propagate(self, emb: torch.Tensor, x: torch.Tensor, targets: torch.Tensor, multilabel: bool,
+    def propagate(self, emb: torch.Tensor, x: Design, targets: torch.Tensor, multilabel: bool,
                   pool: Sequence[str], scale: float,
-                  progress: Progress | None) -> tuple[tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None, dict]:
-        """Pseudo-labels from label spreading over the labelled texts (embeddings emb (L, E), features
-        x (L, D)) and ``pool``; the graph is the embeddings', the pseudo-label rows get the pool texts'
+                  progress: Progress | None) -> tuple[tuple[Design, torch.Tensor, torch.Tensor] | None, dict]:
+        """Pseudo-labels from label spreading over the labelled texts (embeddings emb (L, E), training
+        rows x) and ``pool``; the graph is the embeddings', the pseudo-label rows get the pool texts'
         features at the n-gram ``scale``.
 
-        Returns ((embeddings (P, D), one-hot targets (P, C), weights (P,)) or None, stats). None when
+        Returns ((training rows (P), one-hot targets (P, C), weights (P,)) or None, stats). None when
         the kind does not propagate, ``propagation`` is off, the targets are multi-label, the pool
         is empty, or (``auto``) when there are fewer than ``propagation.FOLDS`` labels a class
         (:func:`backend.al.propagation.checkable`; the pool is then not read), or when the fit with the
@@ -290,23 +203,22 @@ class Kind(KindBase):
         pool_texts = [pool[i] for i in rows.tolist()]
         pool_emb = self.backbone.embed(pool_texts, progress).float().cpu()
         graph = propagation.knn_graph(torch.cat([emb, pool_emb]))
-        pool_grams = self.backbone.grams(pool_texts, lexical.BITS) if scale > 0 else None
-
-        def pool_x(idx: torch.Tensor) -> torch.Tensor:  # features of pool rows idx (their n-grams made dense only here)
-            return with_grams(pool_emb[idx], None if pool_grams is None else pool_grams.take(idx), scale)
+        pool_x = features(self.backbone, pool_texts, pool_emb, scale)
         seeds, labels, n_classes = torch.arange(len(x)), targets.argmax(dim=1), targets.shape[1]
         stats: dict = {"propagation_pool": len(pool_emb)}
         pool_rows = torch.arange(len(x), len(x) + len(pool_emb))
         if cfg.propagation == "auto":
+            held_x = x.to_dense()
+
             def fit_predict(train: torch.Tensor, held: torch.Tensor,
                             pseudo: propagation.PseudoLabels | None) -> torch.Tensor:
-                rows, t = x[train], targets[train]
+                rows, t = x.take(train), targets[train]
                 item, l2 = self.item_weights(t), self.l2(len(train), n_classes)
                 if pseudo is not None and pseudo.rows.numel():
                     px, pt, pw = pseudo_rows(pool_x, pseudo, len(x), len(train), n_classes)
-                    rows, t, item = torch.cat([rows, px]), torch.cat([t, pt]), torch.cat([item, pw])
+                    rows, t, item = rows.cat(px), torch.cat([t, pt]), torch.cat([item, pw])
                 w, b, _ = fit_logistic(rows, t, False, l2, items=item)
-                return (x[held].double() @ w + b).argmax(dim=1)
+                return (held_x[held].double() @ w + b).argmax(dim=1)
 
             check = propagation.helps(graph, seeds, labels, n_classes, fit_predict, cfg.seed, pool_rows)
             stats["propagation_check"] = [check.spread_correct, check.plain_correct, check.held_out]

@@ -10,8 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from backend.al.config import EngineConfig
-from backend.al.kinds.linear import default_l2, fit_logistic, laplace_samples, scores
+from backend.al.kinds.linear import default_l2, scores
 from backend.al.learner import ActiveLearner
+from backend.al.logistic import fit_logistic, laplace_samples
 from backend.al.store import ModelStore
 
 TEXTS = ["stocks fell sharply today", "the team won the cup final", "new chip doubles battery life",
