@@ -85,13 +85,15 @@ class ActiveLearner:
 
     # -- embeddings -------------------------------------------------------------------------
 
-    def embed(self, texts: Sequence[str], progress: Progress | None = None) -> torch.Tensor:
+    def embed(self, texts: Sequence[str], progress: Progress | None = None,
+              digests: np.ndarray | None = None) -> torch.Tensor:
         """Embeddings (N, D) float32 for texts, reading and filling the on-disk cache.
 
-        A warm pool costs a SHA-1 per text and a copy of its rows from the cache's memory
-        maps; only the texts found nowhere are encoded (each distinct text once).
+        A warm pool costs a SHA-1 per text (none when ``digests``, :func:`text_digests` of texts,
+        are given) and a copy of its rows from the cache's memory maps; only the texts found
+        nowhere are encoded (each distinct text once).
         """
-        digests = text_digests(texts)
+        digests = text_digests(texts) if digests is None else digests
         found, x = self.cache.lookup(digests) if self.cache is not None else self._lookup_memory(digests)
         missing = np.flatnonzero(~found)
         if missing.size:
@@ -115,37 +117,38 @@ class ActiveLearner:
             progress(len(texts), len(texts))
         return x if x is not None else torch.zeros(0, self._dim_hint())
 
-    def grams(self, texts: Sequence[str], bits: int) -> lexical.Rows:
+    def grams(self, texts: Sequence[str], bits: int, digests: np.ndarray | None = None) -> lexical.Rows:
         """Hashed n-gram rows of texts (:func:`backend.al.lexical.features`), read from and added to
-        the cache folder when there is one: beside the embeddings, keyed by the same digests, as
-        packed counts (:func:`backend.al.lexical.pack`), so a warm pool costs a look-up, not the hashing."""
+        the cache folder when there is one: beside the embeddings, keyed by the same digests (pass
+        ``digests``, :func:`text_digests` of texts, when they are at hand), as finished rows
+        (:func:`backend.al.lexical.pack`), so a warm pool costs a look-up, not the hashing."""
         if self.cache is None or bits > lexical.MAX_PACKED_BITS:
             return lexical.features(texts, bits)
-        digests = text_digests(texts)
+        digests = text_digests(texts) if digests is None else digests
         todo, parts = np.arange(len(texts)), []
         for width in lexical.PACKED_WIDTHS:
             if not todo.size:
                 break
             found, packed = self._gram_cache(bits, width).lookup(digests[todo])
             if found.any():
-                parts.append((todo[found], lexical.unpack(packed.numpy()[found], bits)))
+                parts.append((todo[found], packed.numpy()[found]))
                 todo = todo[~found]
         if todo.size:
-            fresh = lexical.counts([texts[i] for i in todo.tolist()], bits)
+            fresh = lexical.features([texts[i] for i in todo.tolist()], bits)
             parts.append((todo, fresh))
             stored = np.zeros(todo.size, dtype=bool)
             for width in lexical.PACKED_WIDTHS:
-                packed, fits = lexical.pack(fresh, todo.size, bits, width)
+                packed, fits = lexical.pack(fresh, width)
                 new = fits & ~stored
                 if new.any():
                     self._gram_cache(bits, width).store(digests[todo[new]], packed[new])
                 stored |= fits
-        return lexical.finish(lexical.merge(parts, len(texts)), len(texts), bits)
+        return lexical.merge(parts, len(texts), bits)
 
     def _gram_cache(self, bits: int, width: int) -> EmbeddingCache:
         key = (bits, width)
         if key not in self._gram_caches:
-            identity = f"lexical n-gram counts v1: crc32, {bits} bits, opening words, packed {width} wide"
+            identity = f"lexical n-gram rows v2: crc32, {bits} bits, opening words, packed {width} wide"
             self._gram_caches[key] = EmbeddingCache(self.cache.dir.parent, identity, marker="FEATURES")
         return self._gram_caches[key]
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, Sequence
 
+import numpy as np
 import torch
 
 from backend.al import lexical
@@ -74,11 +75,12 @@ class Backbone(Protocol):
     @property
     def device(self) -> torch.device: ...
 
-    def embed(self, texts: Sequence[str], progress: Progress | None = None) -> torch.Tensor:
-        """Cached sentence embeddings (N, D)."""
+    def embed(self, texts: Sequence[str], progress: Progress | None = None,
+              digests: np.ndarray | None = None) -> torch.Tensor:
+        """Cached sentence embeddings (N, D); ``digests``: the texts' cache keys when already computed."""
         ...
 
-    def grams(self, texts: Sequence[str], bits: int) -> "lexical.Rows":
+    def grams(self, texts: Sequence[str], bits: int, digests: np.ndarray | None = None) -> "lexical.Rows":
         """Cached hashed n-gram rows (N texts, 2 ** bits columns): :func:`backend.al.lexical.features`."""
         ...
 

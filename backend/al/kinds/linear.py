@@ -25,11 +25,13 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from backend.al import lexical, propagation
 from backend.al.blocks import by_blocks
+from backend.al.embeddings import text_digests
 from backend.al.kinds.base import Backbone, KindBase, Model, Progress, logits_to_probs, stats_of
 from backend.al.logistic import POSTERIOR_MIN_PRIOR, Design, fit_logistic, laplace_samples
 from backend.al.training import class_weights
@@ -99,10 +101,11 @@ def sparse_logits(rows: lexical.Rows, weights: torch.Tensor) -> torch.Tensor:
     return torch.sparse.mm(rows.csr(weights.dtype), weights.permute(1, 0, 2).reshape(k, t * c)).view(len(rows), t, c)
 
 
-def features(backbone: Backbone, texts: Sequence[str], emb: torch.Tensor, scale: float) -> Design:
+def features(backbone: Backbone, texts: Sequence[str], emb: torch.Tensor, scale: float,
+             digests: np.ndarray | None = None) -> Design:
     """The training rows of texts: their embeddings emb (N, E) beside ``scale`` x their hashed n-gram
     rows (kept sparse) when scale > 0."""
-    return Design(emb, backbone.grams(texts, lexical.BITS) if scale > 0 else None, scale)
+    return Design(emb, backbone.grams(texts, lexical.BITS, digests) if scale > 0 else None, scale)
 
 
 def pseudo_rows(pool: Design, pseudo: propagation.PseudoLabels, offset: int, n_labels: int,
@@ -201,9 +204,10 @@ class Kind(KindBase):
             return None, {"propagation_check": "fewer labels a class than folds", "pseudo_labels": 0}
         rows = propagation.sample_rows(len(pool), cfg.propagation_pool, cfg.seed)
         pool_texts = [pool[i] for i in rows.tolist()]
-        pool_emb = self.backbone.embed(pool_texts, progress).float().cpu()
+        digests = text_digests(pool_texts)
+        pool_emb = self.backbone.embed(pool_texts, progress, digests).float().cpu()
         graph = propagation.knn_graph(torch.cat([emb, pool_emb]))
-        pool_x = features(self.backbone, pool_texts, pool_emb, scale)
+        pool_x = features(self.backbone, pool_texts, pool_emb, scale, digests)
         seeds, labels, n_classes = torch.arange(len(x)), targets.argmax(dim=1), targets.shape[1]
         stats: dict = {"propagation_pool": len(pool_emb)}
         pool_rows = torch.arange(len(x), len(x) + len(pool_emb))
@@ -242,8 +246,9 @@ class Kind(KindBase):
     def mc_probs(self, model: Model, texts: Sequence[str], seed: int,
                  progress: Progress | None) -> torch.Tensor:
         """(N, T, C): the saved posterior samples (the seed is not needed: they were drawn at fit time)."""
-        x = self.backbone.embed(texts, progress).float().cpu()
         scale, bits = float(model.arch.get("lexical", 0.0)), int(model.arch.get("lexical_bits", 0))
-        grams = self.backbone.grams(texts, bits) if scale > 0 else None
+        digests = text_digests(texts) if scale > 0 else None  # one hash per text for both caches
+        x = self.backbone.embed(texts, progress, digests).float().cpu()
+        grams = self.backbone.grams(texts, bits, digests) if scale > 0 else None
         logits = scores(x, model.state["weights"], model.state["bias"], grams, scale)
         return logits_to_probs(logits, model.multilabel)

@@ -146,11 +146,11 @@ class NoSignalBackbone:
     def device(self) -> torch.device:
         return torch.device("cpu")
 
-    def embed(self, texts, progress=None) -> torch.Tensor:
+    def embed(self, texts, progress=None, digests=None) -> torch.Tensor:
         rows = [torch.randn(16, generator=torch.Generator().manual_seed(zlib.crc32(t.encode()))) for t in texts]
         return F.normalize(torch.stack(rows), dim=1) if rows else torch.zeros(0, 16)
 
-    def grams(self, texts, bits) -> lexical.Rows:
+    def grams(self, texts, bits, digests=None) -> lexical.Rows:
         return lexical.features(texts, bits)
 
 
@@ -207,22 +207,22 @@ def test_a_lexical_weight_out_of_range_is_refused():
 
 @settings(max_examples=40, deadline=None)
 @given(texts=st.lists(WORDS, max_size=10), bits=st.integers(1, 16), width=st.sampled_from([1, 3, 64]))
-def test_packed_counts_read_back_exactly_and_rows_that_do_not_fit_are_left_out(texts, bits, width):
-    c = lexical.counts(texts, bits)
-    packed, fits = lexical.pack(c, len(texts), bits, width)
-    per_text = torch.bincount(torch.from_numpy(c.rows), minlength=len(texts))
-    assert fits.tolist() == (per_text <= width).tolist()  # short texts: no count out of range
+def test_packed_rows_read_back_exactly_and_rows_that_do_not_fit_are_left_out(texts, bits, width):
+    rows = lexical.features(texts, bits)
+    packed, fits = lexical.pack(rows, width)
+    assert packed.shape == (len(texts), 2 * width)
+    assert fits.tolist() == (rows.indptr.diff() <= width).tolist()
     assert not packed[~fits].any()
-    back = lexical.unpack(packed[fits], bits)
-    keep = fits[c.rows]
-    assert (numpy.flatnonzero(fits)[back.rows] == c.rows[keep]).all()
-    assert (back.buckets == c.buckets[keep]).all() and (back.counts == c.counts[keep]).all()
-
-
-def test_a_count_too_large_for_its_slot_is_not_packed():
-    c = lexical.counts(["spam " * 200, "eggs"], 16)  # "spam" 200 times; at 16 bits a slot holds |count| < 128
-    _, fits = lexical.pack(c, 2, 16, 64)
-    assert fits.tolist() == [False, True]
+    kept = numpy.flatnonzero(fits)
+    assert_same_rows(lexical.unpack(packed[fits], bits), rows.take(torch.from_numpy(kept)))
+    # texts read from two widths and a fresh part, put back in order
+    wide, _ = lexical.pack(rows, 1024)
+    parts = [(kept, lexical.unpack(packed[fits], bits)), (numpy.flatnonzero(~fits)[::2],
+             lexical.unpack(wide[~fits][::2], bits)), (numpy.flatnonzero(~fits)[1::2], rows.take(
+             torch.from_numpy(numpy.flatnonzero(~fits)[1::2])))]
+    assert_same_rows(lexical.merge([p for p in parts if len(p[0])], len(texts), bits), rows)
+    with pytest.raises(ValueError, match="once each"):  # text 0 given, text 1 not
+        lexical.merge([(numpy.zeros(1, dtype=numpy.int64), lexical.features(["a"], bits))], 2, bits)
 
 
 def test_the_learner_caches_rows_beside_the_embeddings_and_reads_them_back_bit_for_bit(tiny_bert, tmp_path,

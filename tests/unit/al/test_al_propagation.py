@@ -123,11 +123,11 @@ class ClusterBackbone:
     def device(self) -> torch.device:
         return torch.device("cpu")
 
-    def embed(self, texts, progress=None) -> torch.Tensor:
+    def embed(self, texts, progress=None, digests=None) -> torch.Tensor:
         self.embedded.append(len(texts))
         return self.x[[int(t) for t in texts]]
 
-    def grams(self, texts, bits) -> lexical.Rows:
+    def grams(self, texts, bits, digests=None) -> lexical.Rows:
         return lexical.features(texts, bits)
 
 
