@@ -71,8 +71,8 @@ ENGINE_VARIABLES: dict[str, tuple[str, str]] = {
                                    "confidently as pseudo-labels; `auto` when a 5-fold check on the labels says the "
                                    "fit labels held-out ones better with them, `on` always, `off` never. `auto` "
                                    "needs 5 labels a class on average (fewer: no check, no pseudo-labels); it costs a "
-                                   "retrain seconds (AG News, 10k texts: 12-16 s on one CPU thread; CLINC150 at "
-                                   "1,000 labels: 71 s)."),
+                                   "retrain seconds (AG News, 10k texts: 7-9 s on one CPU thread; CLINC150 at "
+                                   "1,000 labels: 47 s)."),
     "PROPAGATION_POOL": ("propagation_pool", "at most this many unlabelled texts (a seeded sample) join the graph; "
                                              "the graph costs O(N^2) similarity products per retrain."),
     "LEXICAL": ("lexical", "`linear` kind: the largest weight of hashed word n-grams (unigrams, bigrams, first words) "
