@@ -150,7 +150,7 @@ class EmbeddingCache:
     """Embeddings of one encoder, persisted under root in memory-mapped segments.
 
     Any fixed-width float32 rows keyed by text digest fit the format: the ``linear`` kind keeps its
-    texts' packed n-gram counts in caches of their own beside the embeddings (``marker`` names the
+    texts' packed n-gram rows in caches of their own beside the embeddings (``marker`` names the
     file that says in words what a folder holds; :meth:`backend.al.learner.ActiveLearner.grams`).
     """
 
