@@ -46,6 +46,11 @@ class Design:
         return self.sparse is not None and self.scale > 0
 
     @property
+    def sparse_scale(self) -> float:
+        """The sparse columns' scale, 0 when there are none."""
+        return self.scale if self.has_sparse else 0.0
+
+    @property
     def width(self) -> int:
         return self.dense.shape[1] + (self.sparse.width if self.has_sparse else 0)
 
@@ -58,8 +63,7 @@ class Design:
 
     def cat(self, other: "Design") -> "Design":
         """These rows, then other's (the same columns and scale)."""
-        if (self.has_sparse, self.scale if self.has_sparse else 0.0) != (other.has_sparse,
-                                                                          other.scale if other.has_sparse else 0.0):
+        if self.sparse_scale != other.sparse_scale:
             raise ValueError("designs with different sparse columns or scales")
         sparse = self.sparse.cat(other.sparse) if self.has_sparse else None
         return Design(torch.cat([self.dense, other.dense]), sparse, self.scale)

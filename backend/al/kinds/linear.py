@@ -25,7 +25,6 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -101,11 +100,13 @@ def sparse_logits(rows: lexical.Rows, weights: torch.Tensor) -> torch.Tensor:
     return torch.sparse.mm(rows.csr(weights.dtype), weights.permute(1, 0, 2).reshape(k, t * c)).view(len(rows), t, c)
 
 
-def features(backbone: Backbone, texts: Sequence[str], emb: torch.Tensor, scale: float,
-             digests: np.ndarray | None = None) -> Design:
-    """The training rows of texts: their embeddings emb (N, E) beside ``scale`` x their hashed n-gram
-    rows (kept sparse) when scale > 0."""
-    return Design(emb, backbone.grams(texts, lexical.BITS, digests) if scale > 0 else None, scale)
+def features(backbone: Backbone, texts: Sequence[str], scale: float, bits: int = lexical.BITS,
+             progress: Progress | None = None) -> Design:
+    """The rows of texts: their cached embeddings (N, E) beside ``scale`` x their cached hashed n-gram
+    rows of ``bits`` bits (kept sparse) when scale > 0; the texts are hashed once for both caches."""
+    digests = text_digests(texts) if scale > 0 else None
+    emb = backbone.embed(texts, progress, digests).float().cpu()
+    return Design(emb, backbone.grams(texts, bits, digests) if scale > 0 else None, scale)
 
 
 def pseudo_rows(pool: Design, pseudo: propagation.PseudoLabels, offset: int, n_labels: int,
@@ -150,14 +151,13 @@ class Kind(KindBase):
         ones label spreading labels confidently join the fit as pseudo-labels (:func:`propagate`).
         """
         cfg = self.backbone.config
-        emb = self.backbone.embed(texts).float().cpu()
         targets = targets.float().cpu()
         l2 = self.l2(len(texts), targets.shape[1])
         scale = lexical_scale(l2, cfg.lexical) if self.lexical else 0.0
-        x = features(self.backbone, texts, emb, scale)
+        x = features(self.backbone, texts, scale)
         weights = class_weights(targets, multilabel) if self.class_weighted else None
         items = None if weights is None or multilabel else targets @ weights
-        pseudo, spread_stats = self.propagate(emb, x, targets, multilabel, pool, scale, progress)
+        pseudo, spread_stats = self.propagate(x, targets, multilabel, pool, scale, progress)
         if pseudo is not None:
             px, pt, pw = pseudo
             w, b, fit_stats = fit_logistic(x.cat(px), torch.cat([targets, pt]), False, l2,
@@ -174,7 +174,7 @@ class Kind(KindBase):
             sampled = laplace_samples(x.to_dense(), w, b, multilabel, l2, cfg.mc_samples, generator, items)
         else:
             sampled = w.float().unsqueeze(0)
-        arch = LinearArch(dim=int(emb.shape[1]), l2=l2, samples=int(sampled.shape[0]) if posterior else 0,
+        arch = LinearArch(dim=int(x.dense.shape[1]), l2=l2, samples=int(sampled.shape[0]) if posterior else 0,
                           lexical=scale, lexical_bits=lexical.BITS if scale > 0 else 0)
         if progress:
             progress(1, 1)
@@ -182,12 +182,11 @@ class Kind(KindBase):
                      state={"weights": sampled.contiguous(), "bias": b.float()}, n_train=len(texts),
                      arch=asdict(arch), stats=stats_of(targets, False, {**fit_stats, **spread_stats}))
 
-    def propagate(self, emb: torch.Tensor, x: Design, targets: torch.Tensor, multilabel: bool,
-                  pool: Sequence[str], scale: float,
+    def propagate(self, x: Design, targets: torch.Tensor, multilabel: bool, pool: Sequence[str], scale: float,
                   progress: Progress | None) -> tuple[tuple[Design, torch.Tensor, torch.Tensor] | None, dict]:
-        """Pseudo-labels from label spreading over the labelled texts (embeddings emb (L, E), training
-        rows x) and ``pool``; the graph is the embeddings', the pseudo-label rows get the pool texts'
-        features at the n-gram ``scale``.
+        """Pseudo-labels from label spreading over the labelled texts (training rows x) and ``pool``;
+        the graph is the embeddings' (``x.dense``), the pseudo-label rows get the pool texts' features
+        at the n-gram ``scale``.
 
         Returns ((training rows (P), one-hot targets (P, C), weights (P,)) or None, stats). None when
         the kind does not propagate, ``propagation`` is off, the targets are multi-label, the pool
@@ -204,13 +203,11 @@ class Kind(KindBase):
             return None, {"propagation_check": "fewer labels a class than folds", "pseudo_labels": 0}
         rows = propagation.sample_rows(len(pool), cfg.propagation_pool, cfg.seed)
         pool_texts = [pool[i] for i in rows.tolist()]
-        digests = text_digests(pool_texts)
-        pool_emb = self.backbone.embed(pool_texts, progress, digests).float().cpu()
-        graph = propagation.knn_graph(torch.cat([emb, pool_emb]))
-        pool_x = features(self.backbone, pool_texts, pool_emb, scale, digests)
+        pool_x = features(self.backbone, pool_texts, scale, progress=progress)
+        graph = propagation.knn_graph(torch.cat([x.dense, pool_x.dense]))
         seeds, labels, n_classes = torch.arange(len(x)), targets.argmax(dim=1), targets.shape[1]
-        stats: dict = {"propagation_pool": len(pool_emb)}
-        pool_rows = torch.arange(len(x), len(x) + len(pool_emb))
+        stats: dict = {"propagation_pool": len(pool_x)}
+        pool_rows = torch.arange(len(x), len(x) + len(pool_x))
         if cfg.propagation == "auto":
             held_x = x.to_dense()
 
@@ -247,8 +244,6 @@ class Kind(KindBase):
                  progress: Progress | None) -> torch.Tensor:
         """(N, T, C): the saved posterior samples (the seed is not needed: they were drawn at fit time)."""
         scale, bits = float(model.arch.get("lexical", 0.0)), int(model.arch.get("lexical_bits", 0))
-        digests = text_digests(texts) if scale > 0 else None  # one hash per text for both caches
-        x = self.backbone.embed(texts, progress, digests).float().cpu()
-        grams = self.backbone.grams(texts, bits, digests) if scale > 0 else None
-        logits = scores(x, model.state["weights"], model.state["bias"], grams, scale)
+        x = features(self.backbone, texts, scale, bits, progress)
+        logits = scores(x.dense, model.state["weights"], model.state["bias"], x.sparse, scale)
         return logits_to_probs(logits, model.multilabel)
