@@ -26,6 +26,7 @@ from backend.al.embeddings import EmbeddingCache, text_digests
 from backend.al.encoder import TextEncoder, encoder_identity, pick_device, resolve_encoder
 from backend.al.kinds import AUTO, choose_kind, kind_class
 from backend.al.kinds.base import Model, ModelKind, Progress
+from backend.al.neighbours import NeighbourCache
 from backend.al.ranking import COLD_START, Ranking, TaskScores, order_pool
 from backend.al.zeroshot import label_prompt, zero_shot_scores
 
@@ -59,6 +60,7 @@ class ActiveLearner:
         self._device: torch.device | None = None
         self._kinds: dict[str, ModelKind] = {}
         self._gram_caches: dict[tuple[int, int], EmbeddingCache] = {}
+        self._neighbours = NeighbourCache(self.cache.dir.parent if self.cache is not None else None, self.identity)
 
     def __repr__(self) -> str:
         return f"ActiveLearner({self.config!r}, cache={self.cache!r})"
@@ -144,6 +146,12 @@ class ActiveLearner:
                     self._gram_cache(bits, width).store(digests[todo[new]], packed[new])
                 stored |= fits
         return lexical.merge(parts, len(texts), bits)
+
+    def neighbours(self, x: torch.Tensor, digests: np.ndarray, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each row's k nearest other rows of embeddings x (N, D) of the texts with ``digests``:
+        similarities and indices (N, k) (:func:`backend.al.propagation.nearest`), kept beside the
+        embedding cache for the next retrain on the same texts (:mod:`backend.al.neighbours`)."""
+        return self._neighbours.get(x, digests, k)
 
     def _gram_cache(self, bits: int, width: int) -> EmbeddingCache:
         key = (bits, width)

@@ -89,8 +89,8 @@ class _Products:
         return out if self.rows is None else out + torch.sparse.mm(self.rows, w[self.split:])
 
     def transposed_times(self, g: torch.Tensor) -> torch.Tensor:
-        out = self.dense.T @ g
-        return out if self.columns is None else torch.cat([out, torch.sparse.mm(self.columns, g)])
+        out = (g.T @ self.dense).T  # a few columns g: 5-8x faster than dense.T @ g (BLAS's narrow kernels)
+        return out.contiguous() if self.columns is None else torch.cat([out, torch.sparse.mm(self.columns, g)])
 
 
 def fit_logistic(x: torch.Tensor | Design, targets: torch.Tensor, multilabel: bool, l2: float,

@@ -84,6 +84,11 @@ class Backbone(Protocol):
         """Cached hashed n-gram rows (N texts, 2 ** bits columns): :func:`backend.al.lexical.features`."""
         ...
 
+    def neighbours(self, x: torch.Tensor, digests: np.ndarray, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """:func:`backend.al.propagation.nearest` of embeddings x (N, D) of the texts with ``digests``,
+        kept for the next call on the same set of texts."""
+        ...
+
 
 class KindBase:
     """What kinds share: they are built on the engine's backbone and name themselves."""

@@ -25,6 +25,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -101,10 +102,12 @@ def sparse_logits(rows: lexical.Rows, weights: torch.Tensor) -> torch.Tensor:
 
 
 def features(backbone: Backbone, texts: Sequence[str], scale: float, bits: int = lexical.BITS,
-             progress: Progress | None = None) -> Design:
+             progress: Progress | None = None, digests: np.ndarray | None = None) -> Design:
     """The rows of texts: their cached embeddings (N, E) beside ``scale`` x their cached hashed n-gram
-    rows of ``bits`` bits (kept sparse) when scale > 0; the texts are hashed once for both caches."""
-    digests = text_digests(texts) if scale > 0 else None
+    rows of ``bits`` bits (kept sparse) when scale > 0; the texts are hashed once for both caches
+    (not at all when their ``digests`` are given)."""
+    if digests is None and scale > 0:
+        digests = text_digests(texts)
     emb = backbone.embed(texts, progress, digests).float().cpu()
     return Design(emb, backbone.grams(texts, bits, digests) if scale > 0 else None, scale)
 
@@ -154,10 +157,11 @@ class Kind(KindBase):
         targets = targets.float().cpu()
         l2 = self.l2(len(texts), targets.shape[1])
         scale = lexical_scale(l2, cfg.lexical) if self.lexical else 0.0
-        x = features(self.backbone, texts, scale)
+        digests = text_digests(texts)
+        x = features(self.backbone, texts, scale, digests=digests)
         weights = class_weights(targets, multilabel) if self.class_weighted else None
         items = None if weights is None or multilabel else targets @ weights
-        pseudo, spread_stats = self.propagate(x, targets, multilabel, pool, scale, progress)
+        pseudo, spread_stats = self.propagate(x, digests, targets, multilabel, pool, scale, progress)
         if pseudo is not None:
             px, pt, pw = pseudo
             w, b, fit_stats = fit_logistic(x.cat(px), torch.cat([targets, pt]), False, l2,
@@ -182,11 +186,13 @@ class Kind(KindBase):
                      state={"weights": sampled.contiguous(), "bias": b.float()}, n_train=len(texts),
                      arch=asdict(arch), stats=stats_of(targets, False, {**fit_stats, **spread_stats}))
 
-    def propagate(self, x: Design, targets: torch.Tensor, multilabel: bool, pool: Sequence[str], scale: float,
-                  progress: Progress | None) -> tuple[tuple[Design, torch.Tensor, torch.Tensor] | None, dict]:
-        """Pseudo-labels from label spreading over the labelled texts (training rows x) and ``pool``;
-        the graph is the embeddings' (``x.dense``), the pseudo-label rows get the pool texts' features
-        at the n-gram ``scale``.
+    def propagate(self, x: Design, digests: np.ndarray, targets: torch.Tensor, multilabel: bool,
+                  pool: Sequence[str], scale: float, progress: Progress | None
+                  ) -> tuple[tuple[Design, torch.Tensor, torch.Tensor] | None, dict]:
+        """Pseudo-labels from label spreading over the labelled texts (training rows x, their texts'
+        ``digests``) and ``pool``; the graph is the embeddings' (``x.dense``; its k-NN lists are kept
+        between retrains on the same texts, :meth:`Backbone.neighbours`), the pseudo-label rows get
+        the pool texts' features at the n-gram ``scale``.
 
         Returns ((training rows (P), one-hot targets (P, C), weights (P,)) or None, stats). None when
         the kind does not propagate, ``propagation`` is off, the targets are multi-label, the pool
@@ -203,8 +209,11 @@ class Kind(KindBase):
             return None, {"propagation_check": "fewer labels a class than folds", "pseudo_labels": 0}
         rows = propagation.sample_rows(len(pool), cfg.propagation_pool, cfg.seed)
         pool_texts = [pool[i] for i in rows.tolist()]
-        pool_x = features(self.backbone, pool_texts, scale, progress=progress)
-        graph = propagation.knn_graph(torch.cat([x.dense, pool_x.dense]))
+        pool_digests = text_digests(pool_texts)
+        pool_x = features(self.backbone, pool_texts, scale, progress=progress, digests=pool_digests)
+        near = self.backbone.neighbours(torch.cat([x.dense, pool_x.dense]), np.concatenate([digests, pool_digests]),
+                                        propagation.NEIGHBOURS)
+        graph = propagation.graph_of(*near)
         seeds, labels, n_classes = torch.arange(len(x)), targets.argmax(dim=1), targets.shape[1]
         stats: dict = {"propagation_pool": len(pool_x)}
         pool_rows = torch.arange(len(x), len(x) + len(pool_x))

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from backend.al import lexical
+from backend.al import lexical, propagation
 from backend.al.config import EngineConfig
 from backend.al.datasets import load_tsv
 from backend.al.kinds import kind_class
@@ -152,6 +152,9 @@ class NoSignalBackbone:
 
     def grams(self, texts, bits, digests=None) -> lexical.Rows:
         return lexical.features(texts, bits)
+
+    def neighbours(self, x, digests, k):
+        return propagation.nearest(x, k)
 
 
 def keyword_texts(n: int, seed: int) -> tuple[list[str], list[str]]:

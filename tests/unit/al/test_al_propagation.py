@@ -130,6 +130,9 @@ class ClusterBackbone:
     def grams(self, texts, bits, digests=None) -> lexical.Rows:
         return lexical.features(texts, bits)
 
+    def neighbours(self, x, digests, k):
+        return propagation.nearest(x, k)
+
 
 def chains(per: int = 100) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Two parallel chains of texts, class A above class B, and 12 labels, most of A's at one end

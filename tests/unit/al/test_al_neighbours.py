@@ -1,0 +1,114 @@
+"""The k-NN lists kept between retrains (backend/al/neighbours.py): order-free, read back, bounded."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from backend.al import neighbours, propagation
+from backend.al.config import EngineConfig
+from backend.al.datasets import load_tsv
+from backend.al.embeddings import text_digests
+from backend.al.learner import ActiveLearner
+from backend.al.neighbours import NeighbourCache
+from tests.unit.al.conftest import DATA
+
+
+def points(n: int, seed: int = 0) -> tuple[torch.Tensor, np.ndarray]:
+    x = F.normalize(torch.randn(n, 8, generator=torch.Generator().manual_seed(seed)), dim=1)
+    return x, text_digests([f"text {seed} {i}" for i in range(n)])
+
+
+def as_digests(digests: np.ndarray, columns: torch.Tensor) -> list[list[bytes]]:
+    return [[digests[j] for j in row] for row in columns.tolist()]
+
+
+def test_the_lists_are_the_same_whatever_the_order_of_the_rows(tmp_path):
+    x, d = points(300)
+    sims, cols = NeighbourCache(None, "e").get(x, d, 5)
+    direct_sims, direct_cols = propagation.nearest(x, 5)
+    assert torch.allclose(sims, direct_sims, atol=1e-6)  # the same neighbours as computing them in place
+    assert as_digests(d, cols) == as_digests(d, direct_cols)
+    perm = torch.randperm(300, generator=torch.Generator().manual_seed(1))
+    cache = NeighbourCache(tmp_path, "e")
+    shuffled_sims, shuffled_cols = cache.get(x[perm], d[perm.numpy()], 5)
+    assert torch.equal(shuffled_sims, sims[perm])  # bit for bit: always computed in the digests' order
+    assert as_digests(d[perm.numpy()], shuffled_cols) == [as_digests(d, cols)[i] for i in perm.tolist()]
+
+
+def test_a_set_seen_before_is_read_not_computed(tmp_path, monkeypatch):
+    x, d = points(200)
+    first = NeighbourCache(tmp_path, "e").get(x, d, 4)
+    assert len(list(NeighbourCache(tmp_path, "e").dir.glob("*.pt"))) == 1
+
+    def no_pass(*args):
+        raise AssertionError("computed again")
+
+    monkeypatch.setattr(propagation, "nearest", no_pass)
+    perm = torch.randperm(200, generator=torch.Generator().manual_seed(2))
+    again = NeighbourCache(tmp_path, "e").get(x[perm], d[perm.numpy()], 4)  # a new process, another order
+    assert torch.equal(again[0], first[0][perm])
+    assert as_digests(d[perm.numpy()], again[1]) == [as_digests(d, first[1])[i] for i in perm.tolist()]
+    for other in ((x[:-1], d[:-1], 4), (x, d, 3)):  # one text fewer, another k: not the same lists
+        with pytest.raises(AssertionError, match="computed again"):
+            NeighbourCache(tmp_path, "e").get(*other)
+    with pytest.raises(AssertionError, match="computed again"):
+        NeighbourCache(tmp_path, "another encoder").get(x, d, 4)
+
+
+def test_a_damaged_file_is_computed_again_and_replaced(tmp_path, caplog):
+    x, d = points(100)
+    cache = NeighbourCache(tmp_path, "e")
+    first = cache.get(x, d, 3)
+    (path,) = cache.dir.glob("*.pt")
+    path.write_bytes(b"not a tensor file")
+    with caplog.at_level(logging.WARNING, logger="backend.al.neighbours"):
+        again = NeighbourCache(tmp_path, "e").get(x, d, 3)
+    assert "unreadable" in caplog.text
+    assert torch.equal(again[0], first[0]) and torch.equal(again[1], first[1])
+    torch.save({"sims": first[0][:10], "columns": first[1][:10]}, path)  # lists of another set's shape
+    assert torch.equal(NeighbourCache(tmp_path, "e").get(x, d, 3)[1], first[1])
+
+
+def test_the_folder_and_memory_keep_a_bounded_number_of_sets(tmp_path):
+    cache, memory = NeighbourCache(tmp_path, "e"), NeighbourCache(None, "e")
+    for seed in range(neighbours.KEEP + 3):
+        cache.get(*points(20, seed), 3)
+        memory.get(*points(20, seed), 3)
+    assert len(list(cache.dir.glob("*.pt"))) == neighbours.KEEP
+    assert len(memory._memory) == neighbours._MEMORY
+    with pytest.raises(ValueError, match="20 embeddings but 19 digests"):
+        cache.get(points(20)[0], points(20)[1][:19], 3)
+
+
+def test_a_second_retrain_on_the_same_texts_reads_the_lists_and_fits_the_same_model(tiny_bert, tmp_path, monkeypatch):
+    texts, labels = load_tsv(DATA / "agnews" / "pool.tsv")
+    texts, labels = texts[:400], labels[:400]
+    config = dataclasses.replace(EngineConfig(), encoder=str(tiny_bert), mode="linear", propagation="on")
+    classes = sorted(set(labels))
+    labelled = list(range(0, 400, 10))
+    rest = [i for i in range(400) if i not in set(labelled)]
+    passes = []
+    nearest = propagation.nearest
+    monkeypatch.setattr(propagation, "nearest", lambda *a: passes.append(1) or nearest(*a))
+    # the tiny random encoder spreads no class far: every text the labels reach is a pseudo-label
+    monkeypatch.setattr(propagation, "pseudo_labels", functools.partial(propagation.pseudo_labels, min_confidence=0.0))
+
+    def fit():
+        learner = ActiveLearner(config, tmp_path / "cache")
+        return learner.fit([texts[i] for i in labelled], [labels[i] for i in labelled], classes,
+                           pool=[texts[i] for i in rest])
+
+    first, second = fit(), fit()
+    assert passes == [1] and first.stats["pseudo_labels"] > 0
+    assert first.stats == second.stats and torch.equal(first.state["weights"], second.state["weights"])
+    moved = labelled[:5] + labelled[6:], [labelled[5], *rest]  # one annotation later: the same texts, another split
+    ActiveLearner(config, tmp_path / "cache").fit([texts[i] for i in moved[0]], [labels[i] for i in moved[0]],
+                                                  classes, pool=[texts[i] for i in moved[1]])
+    assert passes == [1]
