@@ -170,3 +170,20 @@ def test_store_refuses_mismatched_shapes(tmp_path):
     cache = EmbeddingCache(tmp_path, "enc")
     with pytest.raises(ValueError, match="one vector"):
         cache.store(text_digests(["a", "b"]), torch.ones(3, 2))
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.binary(min_size=12, max_size=12), min_size=1, max_size=30, unique=True),
+       st.lists(st.binary(min_size=8, max_size=8), min_size=1, max_size=3), st.integers(0, 2 ** 31))
+def test_find_by_prefix_is_exact_also_where_digests_share_their_first_8_bytes(tails, heads, seed):
+    # few distinct 8-byte heads for many digests: most share a prefix with others
+    keys = np.array(sorted({heads[i % len(heads)] + tail for i, tail in enumerate(tails)}), dtype=embeddings.KEY)
+    segment = embeddings.Segment(None, keys, np.arange(len(keys), dtype=np.float32)[:, None])
+    assert np.array_equal(segment.prefixes, np.sort(segment.prefixes))
+    rng = np.random.default_rng(seed)
+    absent = np.array([h + bytes(rng.integers(0, 256, 12, dtype=np.uint8)) for h in heads], dtype=embeddings.KEY)
+    absent = absent[~np.isin(absent, keys)]
+    wanted = rng.permutation(np.concatenate([keys, absent]))
+    hit, rows = segment.find(wanted)
+    assert np.array_equal(hit, np.isin(wanted, keys))
+    assert np.array_equal(keys[rows], wanted[hit])
