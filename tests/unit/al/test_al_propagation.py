@@ -198,3 +198,17 @@ def test_an_unknown_propagation_setting_is_refused():
         EngineConfig(propagation="sometimes")
     with pytest.raises(ValueError, match="propagation_pool must be >= 1"):
         EngineConfig(propagation_pool=0)
+
+
+def test_the_check_fits_side_by_side_give_what_they_give_one_after_the_other():
+    before = torch.get_num_threads()
+    try:
+        results = []
+        for threads in (1, 4):  # 4: the ten fits run on a pool of 4 threads
+            torch.set_num_threads(threads)
+            results.append(_fit("auto", chains(100))[0])
+    finally:
+        torch.set_num_threads(before)
+    one, four = results
+    assert one.stats == four.stats and one.stats["propagation_check"][2] == 12
+    assert torch.equal(one.state["weights"], four.state["weights"])
