@@ -106,6 +106,15 @@ class TaskIndex:
         with closing(self._connect()) as db:
             return [r[0] for r in db.execute("SELECT id FROM tasks WHERE labelled = 0 ORDER BY id")]
 
+    def sample_unlabelled(self, limit: int) -> list[str]:
+        """Texts of at most ``limit`` unlabelled tasks, ascending by id: those whose texts have the
+        smallest SHA-1 (``hash``, its first 8 bytes; ties by id), the sample
+        :func:`backend.al.propagation.sample_by_digest` draws, read without reading the others."""
+        with closing(self._connect()) as db:
+            rows = db.execute("SELECT id, text FROM (SELECT id, text FROM tasks WHERE labelled = 0 "
+                              "ORDER BY hash, id LIMIT ?) ORDER BY id", (int(limit),)).fetchall()
+        return [r[1] for r in rows]
+
     def texts(self, task_ids: Sequence[int]) -> list[str]:
         """Texts of the given tasks, in the given order; only those rows are read."""
         found: dict[int, str] = {}

@@ -53,10 +53,10 @@ def training_set(annotated: list[dict], spec: TaskSpec) -> tuple[list[int], list
 
 
 def unlabelled_texts(context: WorkerContext, index, spec, n_labels: int) -> list[str]:
-    """Unlabelled task texts for the learner's pseudo-labels: the seeded sample of at most
-    ``PROPAGATION_POOL`` that the learner would draw from the whole pool (``propagation.sample_rows``
-    over the index's ascending ids), so a large project reads only those texts. None when propagation
-    is off, the config is multi-label, or (``auto``) the labels are too few a class for its check."""
+    """Unlabelled task texts for the learner's pseudo-labels: the sample of at most ``PROPAGATION_POOL``
+    that the learner would draw from the whole pool (``propagation.sample_by_digest``: the smallest
+    digests), so a large project reads only those texts. None when propagation is off, the config is
+    multi-label, or (``auto``) the labels are too few a class for its check."""
     engine = context.settings.engine
     if engine.propagation == "off" or spec.multilabel:
         return []
@@ -64,9 +64,7 @@ def unlabelled_texts(context: WorkerContext, index, spec, n_labels: int) -> list
 
     if engine.propagation == "auto" and not propagation.checkable(n_labels, len(spec.classes)):
         return []
-    ids = index.unlabelled_ids()
-    picked = propagation.sample_rows(len(ids), engine.propagation_pool, engine.seed).tolist()
-    return index.texts([ids[i] for i in picked])
+    return index.sample_unlabelled(engine.propagation_pool)
 
 
 def _train(context: WorkerContext, r: Redis, project_id: int) -> str | None:

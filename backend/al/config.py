@@ -38,7 +38,8 @@ class EngineConfig:
     # "auto" checks on the labels (k-fold) that the fit labels held-out ones better with them than
     # without, and uses them only then, and only from 5 labels a class on average (below, the check
     # let harmful pseudo-labels through on CLINC150's 150 intents); at most propagation_pool pool
-    # texts (a seeded sample) join the graph. The default: AG News's ratio 1.92 -> 4.17, TREC-6
+    # texts (those with the smallest digests: propagation.sample_by_digest) join the graph. The
+    # default: AG News's ratio 1.92 -> 4.17, TREC-6
     # and CLINC150 unchanged to 500 labels (docs/BENCHMARKS.md, "Label propagation").
     propagation: str = "auto"
     propagation_pool: int = 20000

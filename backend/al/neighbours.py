@@ -4,14 +4,19 @@ Label spreading (:mod:`backend.al.propagation`) needs every text's nearest neigh
 labelled and unlabelled texts together: one (N, N) similarity pass, about 2 s for a 10k pool on
 one CPU thread, most of a retrain with ``PROPAGATION=auto``. Between two retrains of a project
 the set of texts is usually the same (annotating moves a text from the pool to the labelled
-set, not out of the union), so the lists are computed once per set and kept.
+set, not out of the union), so the lists are computed once per set and kept. When the set has
+changed a little (tasks imported or deleted; a pool larger than ``PROPAGATION_POOL``, whose
+sample swaps a labelled text for the next one), the last set's lists are updated: only the rows
+of the new texts, and of those whose lists named a text that is gone, are computed in full
+(:func:`update`).
 
 The lists are always computed over the texts sorted by digest, then mapped to the caller's
-order (:func:`backend.al.propagation.reorder`), so a set's lists are the same whether they were
-computed or read, whatever order the rows come in (texts that occur twice are the one exception:
-which copy is which is a matter of the caller's order). The key is a hash of the sorted digests
-with k and the encoder's identity; files are written atomically and the least recently used are
-removed beyond :data:`KEEP`.
+order (:func:`backend.al.propagation.reorder`), so they do not depend on the order the rows come
+in (texts that occur twice are the one exception: which copy is which is a matter of the
+caller's order). Updated lists hold the same neighbours as computing them afresh, with
+similarities that may differ in the last bits (another product computed them). The key is a
+hash of the sorted digests with k and the encoder's identity; files are written atomically and
+the least recently used are removed beyond :data:`KEEP`.
 """
 
 from __future__ import annotations
@@ -20,16 +25,17 @@ import hashlib
 import logging
 import os
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from backend.al import propagation
-from backend.al.embeddings import atomic_write, identity_dir
+from backend.al.embeddings import KEY, atomic_write, identity_dir
 
 KEEP = 8
-"""Sets of lists kept on disk (each about 1.2 MB for 10k texts at k = 10), least recently used out."""
+"""Sets of lists kept on disk (each about 1.4 MB for 10k texts at k = 10), least recently used out."""
 _MEMORY = 2  # sets kept in memory when there is no folder
 log = logging.getLogger(__name__)
 
@@ -40,7 +46,7 @@ class NeighbourCache:
 
     def __init__(self, root: Path | None, identity: str) -> None:
         self.identity, self.root = identity, root
-        self._memory: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+        self._memory: OrderedDict[str, Lists] = OrderedDict()
 
     def __repr__(self) -> str:
         return f"NeighbourCache(root={str(self.root) if self.root else None!r})"
@@ -56,19 +62,26 @@ class NeighbourCache:
             ) -> tuple[torch.Tensor, torch.Tensor]:
         """:func:`backend.al.propagation.nearest` of x (N, D), whose row i is the embedding of the text
         with ``digests[i]``: similarities (N, k) and row indices (N, k), read when this set of texts
-        was seen before."""
+        was seen before, updated from the last set seen when few texts changed (:func:`update`)."""
         if len(digests) != x.shape[0]:
             raise ValueError(f"{x.shape[0]} embeddings but {len(digests)} digests")
         order = np.argsort(digests, kind="stable")
+        keys = np.ascontiguousarray(digests[order])
         k = min(k, x.shape[0] - 1)
-        key = hashlib.sha1(f"{self.identity}\n{k}\n".encode() + digests[order].tobytes()).hexdigest()
+        key = hashlib.sha1(f"{self.identity}\n{k}\n".encode() + keys.tobytes()).hexdigest()
         found = self._read(key, x.shape[0], k)
         if found is None:
-            found = propagation.nearest(x[torch.from_numpy(order)], k)
-            self._write(key, *found)
+            ordered = x[torch.from_numpy(order)]
+            base = self._latest(k)
+            found = update(base, keys, ordered, k) if base is not None else None
+            if found is None:
+                found = propagation.nearest(ordered, k)
+            self._write(key, Lists(keys, *found))
+        else:
+            found = found.sims, found.columns
         return propagation.reorder(*found, torch.from_numpy(order))
 
-    def _read(self, key: str, n: int, k: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    def _read(self, key: str, n: int | None = None, k: int | None = None) -> Lists | None:
         if self.dir is None:
             if key in self._memory:
                 self._memory.move_to_end(key)
@@ -76,27 +89,96 @@ class NeighbourCache:
         path = self.dir / f"{key}.pt"
         try:
             data = torch.load(path, weights_only=True)
-            sims, columns = data["sims"], data["columns"].long()
-            if sims.shape != (n, k) or columns.shape != (n, k) or int(columns.min()) < 0 or int(columns.max()) >= n:
-                raise ValueError(f"lists of shape {tuple(sims.shape)}, expected {(n, k)}")
+            lists = Lists(np.frombuffer(data["keys"].numpy().tobytes(), dtype=KEY), data["sims"],
+                          data["columns"].long())
+            m, width = lists.sims.shape
+            if (n is not None and m != n) or (k is not None and width != k) or lists.columns.shape != (m, width) \
+                    or len(lists.keys) != m or int(lists.columns.min()) < 0 or int(lists.columns.max()) >= m:
+                raise ValueError(f"lists of shape {tuple(lists.sims.shape)}, expected {(n, k)}")
             os.utime(path)  # recently used
-            return sims, columns
+            return lists
         except FileNotFoundError:
             return None
         except Exception as e:  # noqa: BLE001 - a damaged file is recomputed, never trusted
             log.warning("k-NN lists %s unreadable (%s): computing them again", path, e)
             return None
 
-    def _write(self, key: str, sims: torch.Tensor, columns: torch.Tensor) -> None:
+    def _latest(self, k: int) -> Lists | None:
+        """The most recently used lists of k neighbours, the base for :func:`update`."""
         if self.dir is None:
-            self._memory[key] = (sims, columns)
+            for lists in reversed(self._memory.values()):
+                if lists.sims.shape[1] == k:
+                    return lists
+            return None
+        for path in sorted(self.dir.glob("*.pt"), key=_mtime, reverse=True)[:2]:
+            lists = self._read(path.stem, k=k)
+            if lists is not None:
+                return lists
+        return None
+
+    def _write(self, key: str, lists: Lists) -> None:
+        if self.dir is None:
+            self._memory[key] = lists
             while len(self._memory) > _MEMORY:
                 self._memory.popitem(last=False)
             return
-        atomic_write(self.dir / f"{key}.pt", {"sims": sims.contiguous(), "columns": columns.int().contiguous()})
+        keys = torch.from_numpy(np.frombuffer(lists.keys.tobytes(), dtype=np.uint8).reshape(-1, KEY.itemsize).copy())
+        atomic_write(self.dir / f"{key}.pt", {"keys": keys, "sims": lists.sims.contiguous(),
+                                              "columns": lists.columns.int().contiguous()})
         files = sorted(self.dir.glob("*.pt"), key=_mtime, reverse=True)
         for old in files[KEEP:]:
             old.unlink(missing_ok=True)
+
+
+@dataclass(frozen=True)
+class Lists:
+    """k-NN lists of a set of texts in digest order: the sorted digests (N,) ``S20``, similarities
+    (N, k) and row indices (N, k) into that order."""
+
+    keys: np.ndarray
+    sims: torch.Tensor
+    columns: torch.Tensor
+
+
+def update(base: Lists, keys: np.ndarray, x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The lists of the texts with sorted digests ``keys`` (N,) and embeddings x (N, D) in that order,
+    from the lists of an earlier set: the rows of new texts, and of texts whose list named a text
+    that is gone, are computed against all N; every other row's list is its old one merged with its
+    similarities to the new texts (the exact top k of the new set, as a text's top k among the old
+    set is unchanged by removing texts outside it). None when more than :data:`MAX_CHANGED` of
+    the rows would be computed, or a set holds a text twice: compute them all then.
+    """
+    n = len(keys)
+    if len(base.keys) < 2 or len(np.unique(keys)) != n or len(np.unique(base.keys)) != len(base.keys):
+        return None
+    at = np.minimum(np.searchsorted(keys, base.keys), n - 1)
+    kept = keys[at] == base.keys  # (M,) old texts still in the set
+    new_of_old = torch.from_numpy(np.where(kept, at, -1))
+    present = np.zeros(n, dtype=bool)
+    present[at[kept]] = True
+    added = torch.from_numpy(np.flatnonzero(~present))
+    mapped = new_of_old[base.columns]  # (M, k) old lists in the new numbering, -1 for texts gone
+    clean = torch.from_numpy(kept) & (mapped >= 0).all(dim=1)
+    redo = torch.cat([added, new_of_old[torch.from_numpy(kept) & ~clean]]).sort().values
+    if redo.numel() > MAX_CHANGED * n:
+        return None
+    sims, columns = torch.zeros(n, k), torch.zeros(n, k, dtype=torch.long)
+    rows = new_of_old[clean]
+    if added.numel():
+        unit = torch.nn.functional.normalize(x.float(), dim=1)
+        extra = unit[rows] @ unit[added].T  # (clean rows, added)
+        top, where = torch.cat([base.sims[clean], extra], dim=1).topk(k, dim=1)
+        candidates = torch.cat([mapped[clean], added.expand(rows.numel(), -1)], dim=1)
+        sims[rows], columns[rows] = top, candidates.gather(1, where)
+    else:
+        sims[rows], columns[rows] = base.sims[clean], mapped[clean]
+    if redo.numel():
+        sims[redo], columns[redo] = propagation.nearest(x, k, rows=redo)
+    return sims, columns
+
+
+MAX_CHANGED = 0.25
+"""update() computes at most this share of the rows in full; more changed texts: all rows afresh."""
 
 
 def _mtime(path: Path) -> float:

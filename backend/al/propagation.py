@@ -24,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 import torch
 
 from backend.al.blocks import by_blocks
@@ -63,27 +64,29 @@ def knn_graph(x: torch.Tensor, k: int = NEIGHBOURS, power: float = SIMILARITY_PO
     return graph_of(*nearest(x, k), power)
 
 
-def nearest(x: torch.Tensor, k: int = NEIGHBOURS) -> tuple[torch.Tensor, torch.Tensor]:
+def nearest(x: torch.Tensor, k: int = NEIGHBOURS,
+            rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Each row's k most cosine-similar other rows of x (N, D): similarities (N, k) float32 and
-    their row indices (N, k) int64, most similar first (k is capped at N - 1).
+    their row indices (N, k) int64, most similar first (k is capped at N - 1). ``rows`` (R,): only
+    those rows' lists, (R, k), each the same as in the whole call.
 
     One (N, N) similarity pass in blocks of rows, O(N^2 D): about 2 s for 10k MiniLM embeddings on
-    one CPU thread, which is why the engine keeps the result (:meth:`backend.al.learner.ActiveLearner.neighbours`).
+    one CPU thread, which is why the engine keeps the result (:mod:`backend.al.neighbours`).
     """
     n = x.shape[0]
     if n < 2:
         raise ValueError(f"a graph needs at least 2 texts, got {n}")
     k = min(k, n - 1)
     unit = torch.nn.functional.normalize(x.float(), dim=1)
-    index = torch.arange(n)
+    rows = torch.arange(n) if rows is None else rows.long()
 
-    def similarities(rows: torch.Tensor) -> torch.Tensor:
-        return rows @ unit.T  # (block, N)
+    def similarities(block: torch.Tensor) -> torch.Tensor:
+        return block @ unit.T  # (block, N)
 
-    values, columns = [], []
-    for start in range(0, n, _BLOCK):
-        sims = by_blocks(unit[start:start + _BLOCK], similarities, _BLOCK)
-        own = index[start:start + _BLOCK]
+    values, columns = [torch.zeros(0, k)], [torch.zeros(0, k, dtype=torch.long)]
+    for start in range(0, rows.numel(), _BLOCK):
+        own = rows[start:start + _BLOCK]
+        sims = by_blocks(unit[own], similarities, _BLOCK)
         sims[torch.arange(own.numel()), own] = -2.0  # never its own neighbour
         top, where = sims.topk(k, dim=1)
         values.append(top)
@@ -212,8 +215,15 @@ def checkable(n_labels: int, n_classes: int, folds: int = FOLDS) -> bool:
     return n_labels >= folds * max(n_classes, 1)
 
 
-def sample_rows(n: int, limit: int, seed: int) -> torch.Tensor:
-    """At most ``limit`` of n row indices, a seeded sample in increasing order (all of them when n <= limit)."""
-    if n <= limit:
-        return torch.arange(n)
-    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:limit].sort().values
+def sample_by_digest(digests: np.ndarray, limit: int) -> torch.Tensor:
+    """At most ``limit`` of the texts with ``digests`` (N,) ``S20``: those with the smallest digests
+    (SHA-1, so a random sample), ties by position, as increasing row indices (all when N <= limit).
+
+    Unlike a seeded shuffle of the positions, the sample hardly moves as the pool changes: a text
+    labelled leaves it and the next digest takes its place, so the graph's k-NN lists are updated
+    rather than recomputed (:mod:`backend.al.neighbours`). The worker draws the same texts from
+    its task index (``ORDER BY hash``, :meth:`workers.task_index.TaskIndex.sample_unlabelled`).
+    """
+    if len(digests) <= limit:
+        return torch.arange(len(digests))
+    return torch.from_numpy(np.sort(np.argsort(digests, kind="stable")[:limit]))

@@ -4,6 +4,7 @@ pseudo-labels when PROPAGATION is on, and nothing when it is off."""
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 
 import pytest
 
@@ -31,9 +32,10 @@ def test_first_contact_trains_with_the_unlabelled_tasks_only_when_propagation_is
 
 
 def test_the_retrain_reads_only_the_sampled_unlabelled_texts(ls, settings):
-    """With a pool larger than PROPAGATION_POOL the worker reads the seeded sample the learner would
-    draw from the whole pool, and only that; with too few labels a class for `auto`, nothing."""
+    """With a pool larger than PROPAGATION_POOL the worker reads the sample the learner would draw
+    from the whole pool (the smallest digests), and only that; with too few labels a class for `auto`, nothing."""
     from backend.al import propagation
+    from backend.al.embeddings import text_digests
     from backend.labeling import parse_label_config
     from workers.task_index import TaskIndex
     from workers.training import unlabelled_texts
@@ -45,8 +47,13 @@ def test_the_retrain_reads_only_the_sampled_unlabelled_texts(ls, settings):
     ids, texts = index.unlabelled()
     engine = dataclasses.replace(settings.engine, propagation="on", propagation_pool=7, seed=3)
     context = WorkerContext.from_settings(dataclasses.replace(settings, engine=engine), client_factory=ls.client)
-    picked = propagation.sample_rows(len(texts), 7, 3).tolist()
+    picked = propagation.sample_by_digest(text_digests(texts), 7).tolist()
     assert len(picked) == 7 and unlabelled_texts(context, index, spec, 10) == [texts[i] for i in picked]
+    index.mark_labelled([ids[picked[0]]])  # one of them labelled: the next digest takes its place
+    rest = [t for i, t in enumerate(texts) if i != picked[0]]
+    again = unlabelled_texts(context, index, spec, 10)
+    assert again == [rest[i] for i in propagation.sample_by_digest(text_digests(rest), 7).tolist()]
+    assert sum((Counter(again) & Counter(texts[i] for i in picked)).values()) == 6  # one swapped
     assert index.texts([ids[2], ids[0]]) == [texts[2], texts[0]]
     auto = dataclasses.replace(settings, engine=dataclasses.replace(engine, propagation="auto"))
     auto_context = WorkerContext.from_settings(auto, client_factory=ls.client)

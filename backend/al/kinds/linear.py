@@ -199,17 +199,18 @@ class Kind(KindBase):
         is empty, or (``auto``) when there are fewer than ``propagation.FOLDS`` labels a class
         (:func:`backend.al.propagation.checkable`; the pool is then not read), or when the fit with the
         pseudo-labels labels held-out labels no better
-        than without them (:func:`backend.al.propagation.helps`). At most ``propagation_pool`` pool texts (a seeded
-        sample) go into the graph.
+        than without them (:func:`backend.al.propagation.helps`). At most ``propagation_pool`` pool texts (those
+        with the smallest digests, :func:`backend.al.propagation.sample_by_digest`) go into the graph.
         """
         cfg = self.backbone.config
         if not self.propagates or cfg.propagation == "off" or multilabel or len(pool) == 0:
             return None, {}
         if cfg.propagation == "auto" and not propagation.checkable(len(x), targets.shape[1]):
             return None, {"propagation_check": "fewer labels a class than folds", "pseudo_labels": 0}
-        rows = propagation.sample_rows(len(pool), cfg.propagation_pool, cfg.seed)
+        pool_digests = text_digests(pool)
+        rows = propagation.sample_by_digest(pool_digests, cfg.propagation_pool)
         pool_texts = [pool[i] for i in rows.tolist()]
-        pool_digests = text_digests(pool_texts)
+        pool_digests = pool_digests[rows.numpy()]
         pool_x = features(self.backbone, pool_texts, scale, progress=progress, digests=pool_digests)
         near = self.backbone.neighbours(torch.cat([x.dense, pool_x.dense]), np.concatenate([digests, pool_digests]),
                                         propagation.NEIGHBOURS)

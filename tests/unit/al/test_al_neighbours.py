@@ -47,7 +47,7 @@ def test_a_set_seen_before_is_read_not_computed(tmp_path, monkeypatch):
     first = NeighbourCache(tmp_path, "e").get(x, d, 4)
     assert len(list(NeighbourCache(tmp_path, "e").dir.glob("*.pt"))) == 1
 
-    def no_pass(*args):
+    def no_pass(*args, **kwargs):
         raise AssertionError("computed again")
 
     monkeypatch.setattr(propagation, "nearest", no_pass)
@@ -112,3 +112,44 @@ def test_a_second_retrain_on_the_same_texts_reads_the_lists_and_fits_the_same_mo
     ActiveLearner(config, tmp_path / "cache").fit([texts[i] for i in moved[0]], [labels[i] for i in moved[0]],
                                                   classes, pool=[texts[i] for i in moved[1]])
     assert passes == [1]
+
+
+def _as_sets(digests: np.ndarray, sims: torch.Tensor, cols: torch.Tensor) -> dict[bytes, tuple]:
+    """Each text's neighbours as digests, with their similarities, keyed by the text's digest."""
+    return {digests[i]: (tuple(digests[j] for j in cols[i].tolist()), sims[i]) for i in range(len(digests))}
+
+
+def _same_lists(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(a[t][0] == b[t][0] and torch.allclose(a[t][1], b[t][1], atol=1e-6) for t in a)
+
+
+@pytest.mark.parametrize("added, removed", [(5, 0), (0, 5), (7, 4), (0, 0)])
+def test_a_changed_set_is_updated_to_the_lists_of_the_new_set(tmp_path, monkeypatch, added, removed):
+    x, d = points(400, seed=3)
+    cache = NeighbourCache(tmp_path, "e")
+    old_sims, old_cols = cache.get(x[:390], d[:390], 6)
+    removed_rows = set(old_cols[0].tolist()[:removed])  # texts in row 0's list: its row must be recomputed
+    keep = [i for i in range(390) if i not in removed_rows] + list(range(390, 390 + added))
+    computed = []
+    nearest = propagation.nearest
+    monkeypatch.setattr(propagation, "nearest", lambda x, k, rows=None: computed.append(
+        len(x) if rows is None else rows.numel()) or nearest(x, k, rows))
+    got = cache.get(x[keep], d[keep], 6)
+    monkeypatch.setattr(propagation, "nearest", nearest)
+    fresh = propagation.nearest(x[keep], 6)
+    assert _same_lists(_as_sets(d[keep], *got), _as_sets(d[keep], *fresh))
+    if added or removed:
+        assert computed and computed[0] < 60  # the new texts' rows and those that named a gone text only
+    assert computed == [] or len(computed) == 1
+
+
+def test_an_update_falls_back_to_all_rows_when_much_changed_or_a_text_repeats(tmp_path, monkeypatch):
+    x, d = points(200, seed=4)
+    cache = NeighbourCache(tmp_path, "e")
+    cache.get(x[:100], d[:100], 5)
+    base = cache._latest(5)
+    assert neighbours.update(base, np.sort(d[50:200]), x[50:200][np.argsort(d[50:200], kind="stable")], 5) is None
+    twice = np.sort(np.concatenate([d[:100], d[:1]]))
+    assert neighbours.update(base, twice, torch.zeros(101, 8), 5) is None
+    fresh = propagation.nearest(x[50:200], 5)
+    assert _same_lists(_as_sets(d[50:200], *cache.get(x[50:200], d[50:200], 5)), _as_sets(d[50:200], *fresh))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -16,6 +17,7 @@ from hypothesis import strategies as st
 
 from backend.al import lexical, propagation
 from backend.al.config import EngineConfig
+from backend.al.embeddings import text_digests
 from backend.al.kinds import kind_class
 
 
@@ -103,12 +105,17 @@ def test_the_check_uses_pseudo_labels_only_when_the_fit_labels_held_out_labels_b
     assert (few.held_out, few.helps) == (0, False)
 
 
-def test_sample_rows_is_seeded_sorted_and_bounded():
-    assert torch.equal(propagation.sample_rows(5, 10, 0), torch.arange(5))
-    a = propagation.sample_rows(1000, 100, 7)
-    assert a.numel() == 100 and torch.equal(a, a.sort().values) and a.unique().numel() == 100
-    assert torch.equal(a, propagation.sample_rows(1000, 100, 7))
-    assert not torch.equal(a, propagation.sample_rows(1000, 100, 8))
+def test_the_sample_is_the_smallest_digests_in_pool_order_and_barely_moves():
+    digests = text_digests([f"text {i}" for i in range(1000)])
+    assert torch.equal(propagation.sample_by_digest(digests[:5], 10), torch.arange(5))
+    a = propagation.sample_by_digest(digests, 100)
+    assert a.numel() == 100 and torch.equal(a, a.sort().values)
+    assert set(digests[a.numpy()]) == set(np.sort(digests)[:100])
+    shuffled = np.random.default_rng(0).permutation(1000)  # the same texts in another order: the same sample
+    again = propagation.sample_by_digest(digests[shuffled], 100).numpy()
+    assert set(digests[shuffled][again]) == set(digests[a.numpy()])
+    gone = np.delete(digests, a[:3].numpy())  # three sampled texts labelled: three others come in
+    assert len(set(gone[propagation.sample_by_digest(gone, 100).numpy()]) & set(digests[a.numpy()])) == 97
 
 
 class ClusterBackbone:
