@@ -340,15 +340,24 @@ def split(stack: Stack, pid: int, trigger: float, version: str) -> dict:
     retrain = _job(stack, pid, "workers.training.retrain", trigger - 1.0)
     retrain.refresh()
     rescore.refresh()
-    calls = [c for c in stack.calls() if c["job"] in (retrain.id, rescore.id)]
+    fanned = (rescore.return_value() or {}).get("fan_in")  # a pool over SHARD_SIZE: shards, then a fan-in
+    if fanned:
+        publisher = Job.fetch(fanned, connection=stack.r)
+        stack.wait(lambda: publisher.get_status() == JobStatus.FINISHED, 600, "fan-in job finished")
+        shard_ids = list(publisher.dependency_ids)
+    else:
+        publisher, shard_ids = rescore, []
+    ids = {retrain.id, rescore.id, publisher.id, *shard_ids}
+    calls = [c for c in stack.calls() if c["job"] in ids]
 
     def total(job: Job, names) -> float:
-        return sum(c["end"] - c["start"] for c in calls if c["job"] == job.id and c["what"] in names)
+        jobs = {job.id, publisher.id, *shard_ids} if job is rescore else {job.id}  # the re-score: all its jobs
+        return sum(c["end"] - c["start"] for c in calls if c["job"] in jobs and c["what"] in names)
 
-    switches = [c["end"] for c in calls if c["job"] == rescore.id and c["what"] == "set_model_version"]
+    switches = [c["end"] for c in calls if c["job"] == publisher.id and c["what"] == "set_model_version"]
     if not switches:  # should not happen; say so rather than guess
-        print(f"  warning: rescore {rescore.id} recorded no switch; its calls: "
-              f"{sorted({c['what'] for c in calls if c['job'] == rescore.id})}", flush=True)
+        print(f"  warning: rescore {publisher.id} recorded no switch; its calls: "
+              f"{sorted({c['what'] for c in calls if c['job'] == publisher.id})}", flush=True)
     switch_end = max(switches) if switches else rescore.ended_at.timestamp()
     retrain_s = retrain.ended_at.timestamp() - retrain.started_at.timestamp()
     rescore_s = switch_end - rescore.started_at.timestamp()
@@ -366,7 +375,7 @@ def split(stack: Stack, pid: int, trigger: float, version: str) -> dict:
         "queue -> rescore starts": rescore.started_at.timestamp() - retrain.ended_at.timestamp(),
         "rescore job (to the switch)": rescore_s,
         "rescore: read": total(rescore, READS),
-        "rescore: score": total(rescore, {"rank"}),
+        "rescore: score": total(rescore, {"rank", "score", "order"}),
         "rescore: engine init": total(rescore, {"engine init"}),
         "rescore: index sync (besides LS reads)": total(rescore, {"sync_project"}) - total(rescore, READS),
         "rescore: load model": total(rescore, {"try_load"}),
@@ -382,7 +391,8 @@ def split(stack: Stack, pid: int, trigger: float, version: str) -> dict:
     t["publish"] = t["rescore: import"] + t["rescore: switch"]
     t["other"] = t["live"] - t["read"] - t["train"] - t["score"] - t["publish"]
     out = {k: round(v, 3) for k, v in t.items()}
-    out["version"], out["published"] = version, (rescore.return_value() or {}).get("published")
+    out["version"], out["published"] = version, (publisher.return_value() or {}).get("published")
+    out["shards"] = len(shard_ids)
     return out
 
 

@@ -145,14 +145,18 @@ def update(base: Lists, keys: np.ndarray, x: torch.Tensor, k: int) -> tuple[torc
     from the lists of an earlier set: the rows of new texts, and of texts whose list named a text
     that is gone, are computed against all N; every other row's list is its old one merged with its
     similarities to the new texts (the exact top k of the new set, as a text's top k among the old
-    set is unchanged by removing texts outside it). None when more than :data:`MAX_CHANGED` of
-    the rows would be computed, or a set holds a text twice: compute them all then.
+    set is unchanged by removing texts outside it; between copies of one text, which copy is named
+    is a tie either way). None when more than :data:`MAX_CHANGED` of the rows would be computed:
+    compute them all then.
     """
     n = len(keys)
-    if len(base.keys) < 2 or len(np.unique(keys)) != n or len(np.unique(base.keys)) != len(base.keys):
+    if len(base.keys) < 2:
         return None
-    at = np.minimum(np.searchsorted(keys, base.keys), n - 1)
-    kept = keys[at] == base.keys  # (M,) old texts still in the set
+    # the r-th copy of a text in the old set is its r-th copy in the new one (copies are adjacent)
+    at = np.searchsorted(keys, base.keys) + _copy_rank(base.keys)
+    kept = at < n
+    kept[kept] = keys[at[kept]] == base.keys[kept]  # (M,) old texts still in the set
+    at = np.minimum(at, n - 1)
     new_of_old = torch.from_numpy(np.where(kept, at, -1))
     present = np.zeros(n, dtype=bool)
     present[at[kept]] = True
@@ -175,6 +179,15 @@ def update(base: Lists, keys: np.ndarray, x: torch.Tensor, k: int) -> tuple[torc
     if redo.numel():
         sims[redo], columns[redo] = propagation.nearest(x, k, rows=redo)
     return sims, columns
+
+
+def _copy_rank(keys: np.ndarray) -> np.ndarray:
+    """For sorted keys (N,): which copy of its key each one is (0 for the first, 1 for the next ...)."""
+    if not len(keys):
+        return np.zeros(0, dtype=np.int64)
+    first = np.concatenate([[True], keys[1:] != keys[:-1]])
+    starts = np.flatnonzero(first)
+    return np.arange(len(keys)) - np.repeat(starts, np.diff(np.append(starts, len(keys))))
 
 
 MAX_CHANGED = 0.25
