@@ -59,6 +59,9 @@ class EngineConfig:
     # Off: it helped the default under 10% label noise but cost 1.7-4.6 points at 60-100 labels
     # without noise (docs/BENCHMARKS.md, section 4).
     ambiguity: bool = False
+    # The linear kind's Laplace samples (BALD, variation ratios): False keeps the n-gram weights at the
+    # fit and samples the embedding's only (an experiment of issue 7, item 3: docs/BENCHMARKS.md, "BALD").
+    posterior_lexical: bool = True
     ambiguity_entropy: float = 0.5
     ambiguity_bald: float = 0.005
 

@@ -161,17 +161,19 @@ def _multilabel_loss(y64: torch.Tensor, weights: torch.Tensor | None):
 
 
 def laplace_samples(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, multilabel: bool, l2: float,
-                    samples: int, generator: torch.Generator, items: torch.Tensor | None = None) -> torch.Tensor:
+                    samples: int, generator: torch.Generator, items: torch.Tensor | None = None,
+                    logits: torch.Tensor | None = None) -> torch.Tensor:
     """T weight matrices (T, D, C) from the Kronecker-factored Laplace posterior around (w, b).
 
     Class c's precision is ``max(l2, POSTERIOR_MIN_PRIOR) * I + a_c * G``, ``G = sum_i v_i x_i x_i^T`` (v_i the item's
     weight) and ``a_c = sum_i v_i p_ic (1 - p_ic) / sum_i v_i``; one eigendecomposition of G
-    serves every class.
+    serves every class. ``logits`` (N, C): the fit's own at x when x holds only some of its columns
+    (the others' weights then stay at the fit).
     """
     x64 = x.double()
     n, d = x64.shape
     c = w.shape[1]
-    logits = x64 @ w + b
+    logits = x64 @ w + b if logits is None else logits.double()
     probs = torch.sigmoid(logits) if multilabel else torch.softmax(logits, dim=1)  # (N, C)
     item = torch.ones(n, dtype=torch.float64) if items is None else items.double()
     gram = (x64 * item[:, None]).T @ x64  # (D, D)

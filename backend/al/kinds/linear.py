@@ -175,7 +175,13 @@ class Kind(KindBase):
         posterior = self.posterior and cfg.mc_samples > 1 and (cfg.strategy in SAMPLED or cfg.ambiguity)
         if posterior:
             generator = torch.Generator().manual_seed(cfg.seed)
-            sampled = laplace_samples(x.to_dense(), w, b, multilabel, l2, cfg.mc_samples, generator, items)
+            if cfg.posterior_lexical or not x.has_sparse:
+                sampled = laplace_samples(x.to_dense(), w, b, multilabel, l2, cfg.mc_samples, generator, items)
+            else:  # the n-gram weights stay at the fit; the samples spread the embedding's only
+                d = x.dense.shape[1]
+                fitted = x.to_dense().double() @ w + b
+                part = laplace_samples(x.dense, w[:d], b, multilabel, l2, cfg.mc_samples, generator, items, fitted)
+                sampled = torch.cat([part, w[d:].float().expand(part.shape[0], -1, -1)], dim=1)
         else:
             sampled = w.float().unsqueeze(0)
         arch = LinearArch(dim=int(x.dense.shape[1]), l2=l2, samples=int(sampled.shape[0]) if posterior else 0,
