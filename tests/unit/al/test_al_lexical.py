@@ -203,6 +203,21 @@ def test_the_linear_kind_learns_what_only_the_words_say(mode):
                        kind_class(mode)(NoSignalBackbone(base)).mc_probs(model, test, 0, None))
 
 
+def test_samples_can_keep_the_ngram_weights_at_the_fit():
+    train, train_labels = keyword_texts(60, 0)
+    classes = ["parcel", "refund"]
+    targets = F.one_hot(torch.tensor([classes.index(y) for y in train_labels]), 2).float()
+    base = EngineConfig(mode="linear", strategy="bald", mc_samples=8, propagation="off")
+    spread, kept = (kind_class("linear")(NoSignalBackbone(dataclasses.replace(base, posterior_lexical=p))).fit(
+        train, targets, classes, False, None, None).state["weights"] for p in (True, False))
+    assert spread.shape == kept.shape == (8, 16 + 2 ** lexical.BITS, 2)
+    assert torch.equal(spread[:, 16:].mean(dim=0) * 0, kept[:, 16:].std(dim=0))  # n-gram rows: the fit, 8 times
+    assert spread[:, 16:].std(dim=0).min() > 0 and kept[:, :16].std(dim=0).min() > 0
+    fit = kind_class("linear")(NoSignalBackbone(dataclasses.replace(base, strategy="margin"))).fit(
+        train, targets, classes, False, None, None).state["weights"]  # margin: the fit itself, T = 1
+    assert fit.shape[0] == 1 and torch.equal(kept[0, 16:], fit[0, 16:])
+
+
 def test_a_lexical_weight_out_of_range_is_refused():
     with pytest.raises(ValueError, match="lexical"):
         EngineConfig(lexical=-0.1)
