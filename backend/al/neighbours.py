@@ -56,7 +56,7 @@ class NeighbourCache:
         """The folder of this identity's lists (created when missing, also after a clean-up), None without a root."""
         if self.root is None:
             return None
-        return identity_dir(self.root, f"k-NN lists v1 of {self.identity}", marker="NEIGHBOURS")
+        return identity_dir(self.root, f"k-NN lists v2 of {self.identity}", marker="NEIGHBOURS")
 
     def get(self, x: torch.Tensor, digests: np.ndarray, k: int = propagation.NEIGHBOURS
             ) -> tuple[torch.Tensor, torch.Tensor]:
