@@ -27,6 +27,7 @@ import os
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -36,7 +37,9 @@ from backend.al.embeddings import KEY, atomic_write, identity_dir
 
 KEEP = 8
 """Sets of lists kept on disk (each about 1.4 MB for 10k texts at k = 10), least recently used out."""
-_MEMORY = 2  # sets kept in memory when there is no folder
+BASES = 3
+"""How many of the most recently used sets a changed set tries to update from before computing all rows."""
+_MEMORY = 4  # sets kept in memory when there is no folder
 log = logging.getLogger(__name__)
 
 
@@ -72,8 +75,10 @@ class NeighbourCache:
         found = self._read(key, x.shape[0], k)
         if found is None:
             ordered = x[torch.from_numpy(order)]
-            base = self._latest(k)
-            found = update(base, keys, ordered, k) if base is not None else None
+            for base in self._recent(k):  # another project's lists may be the newest: try a few
+                found = update(base, keys, ordered, k)
+                if found is not None:
+                    break
             if found is None:
                 found = propagation.nearest(ordered, k)
             self._write(key, Lists(keys, *found))
@@ -103,18 +108,20 @@ class NeighbourCache:
             log.warning("k-NN lists %s unreadable (%s): computing them again", path, e)
             return None
 
-    def _latest(self, k: int) -> Lists | None:
-        """The most recently used lists of k neighbours, the base for :func:`update`."""
+    def _recent(self, k: int) -> Iterator[Lists]:
+        """Up to :data:`BASES` of the most recently used lists of k neighbours, newest first: the
+        bases :func:`update` tries (a worker serving several projects writes lists of each)."""
         if self.dir is None:
-            for lists in reversed(self._memory.values()):
-                if lists.sims.shape[1] == k:
-                    return lists
-            return None
-        for path in sorted(self.dir.glob("*.pt"), key=_mtime, reverse=True)[:2]:
+            yield from [lists for lists in reversed(self._memory.values()) if lists.sims.shape[1] == k][:BASES]
+            return
+        tried = 0
+        for path in sorted(self.dir.glob("*.pt"), key=_mtime, reverse=True):
+            if tried == BASES:
+                return
             lists = self._read(path.stem, k=k)
             if lists is not None:
-                return lists
-        return None
+                tried += 1
+                yield lists
 
     def _write(self, key: str, lists: Lists) -> None:
         if self.dir is None:

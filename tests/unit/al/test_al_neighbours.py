@@ -83,6 +83,7 @@ def test_the_folder_and_memory_keep_a_bounded_number_of_sets(tmp_path):
         memory.get(*points(20, seed), 3)
     assert len(list(cache.dir.glob("*.pt"))) == neighbours.KEEP
     assert len(memory._memory) == neighbours._MEMORY
+    assert len(list(cache._recent(3))) == neighbours.BASES
     with pytest.raises(ValueError, match="20 embeddings but 19 digests"):
         cache.get(points(20)[0], points(20)[1][:19], 3)
 
@@ -161,7 +162,27 @@ def test_an_update_falls_back_to_all_rows_when_much_changed(tmp_path, monkeypatc
     x, d = points(200, seed=4)
     cache = NeighbourCache(tmp_path, "e")
     cache.get(x[:100], d[:100], 5)
-    base = cache._latest(5)
+    base = next(cache._recent(5))
     assert neighbours.update(base, np.sort(d[50:200]), x[50:200][np.argsort(d[50:200], kind="stable")], 5) is None
     fresh = propagation.nearest(x[50:200], 5)
     assert _same_lists(_as_sets(d[50:200], *cache.get(x[50:200], d[50:200], 5)), _as_sets(d[50:200], *fresh))
+
+
+def test_a_changed_set_finds_its_own_lists_among_other_projects_newer_ones(tmp_path, monkeypatch):
+    x, d = points(300, seed=6)
+    cache = NeighbourCache(tmp_path, "e")
+    cache.get(x[:200], d[:200], 5)  # project A
+    other = points(150, seed=7)
+    cache.get(other[0], other[1], 5)  # project B, newer
+    computed = []
+    nearest = propagation.nearest
+
+    def counting(x, k, rows=None):
+        computed.append(len(x) if rows is None else rows.numel())
+        return nearest(x, k, rows)
+
+    monkeypatch.setattr(propagation, "nearest", counting)
+    got = cache.get(x[:205], d[:205], 5)  # project A, five tasks imported: updated from A's lists
+    assert len(computed) == 1 and computed[0] < 50
+    monkeypatch.setattr(propagation, "nearest", nearest)
+    assert _same_lists(_as_sets(d[:205], *got), _as_sets(d[:205], *propagation.nearest(x[:205], 5)))
