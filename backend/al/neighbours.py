@@ -6,7 +6,7 @@ one CPU thread, most of a retrain with ``PROPAGATION=auto``. Between two retrain
 the set of texts is usually the same (annotating moves a text from the pool to the labelled
 set, not out of the union), so the lists are computed once per set and kept. When the set has
 changed a little (tasks imported or deleted; a pool larger than ``PROPAGATION_POOL``, whose
-sample swaps a labelled text for the next one), the last set's lists are updated: only the rows
+sample swaps a labelled text for the next one), a recent set's lists are updated: only the rows
 of the new texts, and of those whose lists named a text that is gone, are computed in full
 (:func:`update`).
 
@@ -65,7 +65,7 @@ class NeighbourCache:
             ) -> tuple[torch.Tensor, torch.Tensor]:
         """:func:`backend.al.propagation.nearest` of x (N, D), whose row i is the embedding of the text
         with ``digests[i]``: similarities (N, k) and row indices (N, k), read when this set of texts
-        was seen before, updated from the last set seen when few texts changed (:func:`update`)."""
+        was seen before, updated from a recent set when few texts changed (:func:`update`)."""
         if len(digests) != x.shape[0]:
             raise ValueError(f"{x.shape[0]} embeddings but {len(digests)} digests")
         order = np.argsort(digests, kind="stable")
