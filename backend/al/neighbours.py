@@ -40,6 +40,7 @@ KEEP = 8
 BASES = 3
 """How many of the most recently used sets a changed set tries to update from before computing all rows."""
 _MEMORY = 4  # sets kept in memory when there is no folder
+_BLOCK = 1024  # rows per block when old lists are merged with the new texts
 log = logging.getLogger(__name__)
 
 
@@ -175,14 +176,18 @@ def update(base: Lists, keys: np.ndarray, x: torch.Tensor, k: int) -> tuple[torc
         return None
     sims, columns = torch.zeros(n, k), torch.zeros(n, k, dtype=torch.long)
     rows = new_of_old[clean]
-    if added.numel():
+    old_sims, old_columns = base.sims[clean], mapped[clean]
+    if added.numel():  # in blocks of rows: a block's similarities to the new texts stay small
         unit = torch.nn.functional.normalize(x.float(), dim=1)
-        extra = unit[rows] @ unit[added].T  # (clean rows, added)
-        top, where = torch.cat([base.sims[clean], extra], dim=1).topk(k, dim=1)
-        candidates = torch.cat([mapped[clean], added.expand(rows.numel(), -1)], dim=1)
-        sims[rows], columns[rows] = top, candidates.gather(1, where)
+        new_unit = unit[added].T
+        for start in range(0, rows.numel(), _BLOCK):
+            block = rows[start:start + _BLOCK]
+            extra = unit[block] @ new_unit  # (block, added)
+            top, where = torch.cat([old_sims[start:start + _BLOCK], extra], dim=1).topk(k, dim=1)
+            candidates = torch.cat([old_columns[start:start + _BLOCK], added.expand(block.numel(), -1)], dim=1)
+            sims[block], columns[block] = top, candidates.gather(1, where)
     else:
-        sims[rows], columns[rows] = base.sims[clean], mapped[clean]
+        sims[rows], columns[rows] = old_sims, old_columns
     if redo.numel():
         sims[redo], columns[redo] = propagation.nearest(x, k, rows=redo)
     return sims, columns

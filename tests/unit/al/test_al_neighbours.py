@@ -126,6 +126,7 @@ def _same_lists(a: dict, b: dict) -> bool:
 
 @pytest.mark.parametrize("added, removed", [(5, 0), (0, 5), (7, 4), (0, 0)])
 def test_a_changed_set_is_updated_to_the_lists_of_the_new_set(tmp_path, monkeypatch, added, removed):
+    monkeypatch.setattr(neighbours, "_BLOCK", 64)  # the merge with the new texts in several blocks
     x, d = points(400, seed=3)
     cache = NeighbourCache(tmp_path, "e")
     old_sims, old_cols = cache.get(x[:390], d[:390], 6)
