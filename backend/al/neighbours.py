@@ -73,24 +73,21 @@ class NeighbourCache:
         keys = np.ascontiguousarray(digests[order])
         k = min(k, x.shape[0] - 1)
         key = hashlib.sha1(f"{self.identity}\n{k}\n".encode() + keys.tobytes()).hexdigest()
-        found = self._read(key, x.shape[0], k)
-        if found is None:
-            ordered = x[torch.from_numpy(order)]
+        lists = self._read(key, x.shape[0], k)
+        if lists is not None:
+            self._touch(key)
+        else:
+            ordered, found = x[torch.from_numpy(order)], None
             for base in self._recent(k):  # another project's lists may be the newest: try a few
                 found = update(base, keys, ordered, k)
                 if found is not None:
                     break
-            if found is None:
-                found = propagation.nearest(ordered, k)
-            self._write(key, Lists(keys, *found))
-        else:
-            found = found.sims, found.columns
-        return propagation.reorder(*found, torch.from_numpy(order))
+            lists = Lists(keys, *(found if found is not None else propagation.nearest(ordered, k)))
+            self._write(key, lists)
+        return propagation.reorder(lists.sims, lists.columns, torch.from_numpy(order))
 
     def _read(self, key: str, n: int | None = None, k: int | None = None) -> Lists | None:
         if self.dir is None:
-            if key in self._memory:
-                self._memory.move_to_end(key)
             return self._memory.get(key)
         path = self.dir / f"{key}.pt"
         try:
@@ -101,13 +98,22 @@ class NeighbourCache:
             if (n is not None and m != n) or (k is not None and width != k) or lists.columns.shape != (m, width) \
                     or len(lists.keys) != m or int(lists.columns.min()) < 0 or int(lists.columns.max()) >= m:
                 raise ValueError(f"lists of shape {tuple(lists.sims.shape)}, expected {(n, k)}")
-            os.utime(path)  # recently used
             return lists
         except FileNotFoundError:
             return None
         except Exception as e:  # noqa: BLE001 - a damaged file is recomputed, never trusted
             log.warning("k-NN lists %s unreadable (%s): computing them again", path, e)
             return None
+
+    def _touch(self, key: str) -> None:
+        """Mark a set's lists recently used (a base that :func:`update` only tried is not)."""
+        if self.dir is None:
+            self._memory.move_to_end(key)
+            return
+        try:
+            os.utime(self.dir / f"{key}.pt")
+        except FileNotFoundError:  # removed by another worker's clean-up since: written again next time
+            pass
 
     def _recent(self, k: int) -> Iterator[Lists]:
         """Up to :data:`BASES` of the most recently used lists of k neighbours, newest first: the

@@ -58,12 +58,6 @@ class PseudoLabels:
     confidence: torch.Tensor
 
 
-def knn_graph(x: torch.Tensor, k: int = NEIGHBOURS, power: float = SIMILARITY_POWER) -> torch.Tensor:
-    """The symmetric, degree-normalised k-NN graph ``D^-1/2 W D^-1/2`` (N, N) sparse, of x (N, D):
-    :func:`graph_of` the :func:`nearest` neighbours. Cost: one (N, N) similarity pass, O(N^2 D)."""
-    return graph_of(*nearest(x, k), power)
-
-
 def nearest(x: torch.Tensor, k: int = NEIGHBOURS,
             rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Each row's k most cosine-similar other rows of x (N, D): similarities (N, k) float32 and

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import os
 
 import numpy as np
 import pytest
@@ -187,3 +188,14 @@ def test_a_changed_set_finds_its_own_lists_among_other_projects_newer_ones(tmp_p
     assert len(computed) == 1 and computed[0] < 50
     monkeypatch.setattr(propagation, "nearest", nearest)
     assert _same_lists(_as_sets(d[:205], *got), _as_sets(d[:205], *propagation.nearest(x[:205], 5)))
+
+
+def test_only_a_read_set_counts_as_recently_used_not_a_base_that_was_tried(tmp_path):
+    cache = NeighbourCache(tmp_path, "e")
+    cache.get(*points(100, seed=8), 4)
+    (tried,) = cache.dir.glob("*.pt")
+    os.utime(tried, (1_000_000, 1_000_000))
+    cache.get(*points(100, seed=9), 4)  # unrelated texts: the first set is tried as a base and not used
+    assert tried.stat().st_mtime == 1_000_000
+    cache.get(*points(100, seed=8), 4)  # read: now it is recent
+    assert tried.stat().st_mtime > 1_000_000

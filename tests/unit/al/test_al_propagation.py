@@ -33,7 +33,7 @@ def clusters(per: int, c: int, d: int, spread_: float, seed: int) -> tuple[torch
 @given(n=st.integers(3, 300), d=st.integers(2, 16), k=st.integers(1, 12), seed=st.integers(0, 10**6))
 def test_the_graph_is_symmetric_normalised_and_loop_free(n, d, k, seed):
     x = F.normalize(torch.randn(n, d, generator=torch.Generator().manual_seed(seed)), dim=1)
-    graph = propagation.knn_graph(x, k).to_dense()
+    graph = propagation.graph_of(*propagation.nearest(x, k)).to_dense()
     assert torch.allclose(graph, graph.T, atol=1e-6)
     assert torch.all(graph.diagonal() == 0)
     assert torch.all(graph >= 0)
@@ -43,17 +43,17 @@ def test_the_graph_is_symmetric_normalised_and_loop_free(n, d, k, seed):
 
 def test_the_graph_links_each_text_to_its_nearest():
     x, y = clusters(20, 3, 8, 0.05, 0)
-    graph = propagation.knn_graph(x, 5).to_dense()
+    graph = propagation.graph_of(*propagation.nearest(x, 5)).to_dense()
     linked = graph > 0
     assert torch.all(linked.sum(dim=1) >= 5)
     assert not torch.any(linked & (y[:, None] != y[None, :]))  # tight, far-apart clusters: no edge across
     with pytest.raises(ValueError, match="at least 2"):
-        propagation.knn_graph(x[:1])
+        propagation.nearest(x[:1])
 
 
 def test_spreading_labels_each_cluster_from_one_seed():
     x, y = clusters(30, 4, 8, 0.05, 1)
-    graph = propagation.knn_graph(x)
+    graph = propagation.graph_of(*propagation.nearest(x))
     seeds = torch.tensor([0, 30, 60, 90])
     f = propagation.spread(graph, seeds, y[seeds], 4)
     assert torch.equal(f.argmax(dim=1), y)
@@ -68,7 +68,7 @@ def test_spreading_labels_each_cluster_from_one_seed():
 
 def test_a_component_without_labels_gets_no_pseudo_label():
     x, y = clusters(15, 2, 8, 0.02, 2)
-    graph = propagation.knn_graph(x, 3)  # the two clusters are not linked
+    graph = propagation.graph_of(*propagation.nearest(x, 3))  # the two clusters are not linked
     f = propagation.spread(graph, torch.tensor([0]), torch.tensor([0]), 2)
     assert torch.all(f[15:] == 0)
     assert set(propagation.pseudo_labels(f, torch.arange(30)).rows.tolist()) <= set(range(15))
@@ -76,7 +76,7 @@ def test_a_component_without_labels_gets_no_pseudo_label():
 
 def test_the_check_uses_pseudo_labels_only_when_the_fit_labels_held_out_labels_better_with_them():
     x, y = clusters(25, 3, 8, 0.05, 3)
-    graph = propagation.knn_graph(x)
+    graph = propagation.graph_of(*propagation.nearest(x))
     seeds = torch.arange(0, 75, 3)  # 25 labels across the three clusters
     pool = torch.tensor([i for i in range(75) if i % 3])
     seen = []
