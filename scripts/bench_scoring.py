@@ -4,9 +4,11 @@
     .venv/bin/python scripts/bench_scoring.py --warm-only [--cache-dir DIR] [--cache-rows 1000000]
 
 Measures, in one run on this machine, for the whole pool:
-- warm: ``learner.rank`` by a fresh learner (as in a new work-horse: no segment mapped yet)
-  whose embeddings are on disk: text hashing, memory-mapped cache lookup, T-sample MC dropout
-  on the head, ranking with the defaults; then the same steps one by one;
+- warm: ``learner.rank`` by a fresh learner (as in a new work-horse: nothing mapped yet)
+  whose embeddings are on disk: first with no pool snapshot (rows looked up in the caches'
+  segments, then written as a snapshot, :mod:`backend.al.snapshots`), then from the snapshot
+  (text hashing, one memory map, MC, ranking with the defaults), then for the pool less 2% of
+  its texts (a subset: one search and a gather); then the steps one by one;
 - cold: the same on an empty cache, encoder load and encoding included;
 - plain: one deterministic encoder pass over the pool, written the plain way
   (AutoModel in fp32, batches of 64 in file order, mean pooling), plus our own
@@ -37,6 +39,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from backend.al import lexical  # noqa: E402
 from backend.al.datasets import load_tsv  # noqa: E402
 from backend.al.embeddings import KEY, text_digests, write_segment  # noqa: E402
 from backend.al.encoder import TextEncoder, mean_pool, resolve_encoder  # noqa: E402
@@ -94,9 +97,18 @@ def add_other_rows(learner: ActiveLearner, rows: int, dim: int, chunk: int = 655
 
 def warm_steps(config: EngineConfig, cache: Path, model, texts: list[str], repeats: int) -> float:
     """Print the warm re-score's total and its steps (medians); returns the total."""
+    for old in ActiveLearner(config, cache).snapshots.dir.glob("*.snap"):
+        old.unlink()
+    first_s, first_cpu = median_times(lambda: ActiveLearner(config, cache).rank(model, texts), 1)
+    print(f"first warm re-score, no pool snapshot (rows from the caches, snapshot written): "
+          f"{first_s * 1000:8.1f} ms (CPU {first_cpu * 1000:.1f} ms)")
     warm_s, warm_cpu = median_times(lambda: ActiveLearner(config, cache).rank(model, texts), repeats)
-    print(f"warm re-score (fresh learner: hash, map cache, MC, rank), median of {repeats}: "
+    print(f"warm re-score (fresh learner: hash, map snapshot, MC, rank), median of {repeats}: "
           f"{warm_s * 1000:8.1f} ms (CPU {warm_cpu * 1000:.1f} ms)")
+    fewer = [t for i, t in enumerate(texts) if i % 50]  # 2% of the pool labelled since
+    sub_s, sub_cpu = median_times(lambda: ActiveLearner(config, cache).rank(model, fewer), repeats)
+    print(f"warm re-score of the pool less 2% (a subset of the snapshot), median of {repeats}: "
+          f"{sub_s * 1000:8.1f} ms (CPU {sub_cpu * 1000:.1f} ms)")
     learner = ActiveLearner(config, cache)
     learner.rank(model, texts)
     scored = learner.score(model, texts)
@@ -104,6 +116,7 @@ def warm_steps(config: EngineConfig, cache: Path, model, texts: list[str], repea
         ("hash the texts (SHA-1)", lambda: text_digests(texts)),
         ("embed, fresh learner (hash, map, look up, copy)", lambda: ActiveLearner(config, cache).embed(texts)),
         ("embed, segments already mapped", lambda: learner.embed(texts)),
+        ("rows from the pool snapshot (hash, map)", lambda: ActiveLearner(config, cache).rows(texts, lexical.BITS)),
         ("MC probabilities (embed + MC + softmax)", lambda: learner.mc_probs(model, texts)),
         ("score (MC + acquisition)", lambda: learner.score(model, texts)),
         ("order (exploration, final order)", lambda: learner.order(scored)),

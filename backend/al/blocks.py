@@ -22,5 +22,7 @@ def by_blocks(x: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor], block
     parts = []
     for start in range(0, n, block):
         part = x[start:start + block]
-        parts.append(fn(F.pad(part, (0, 0, 0, block - part.shape[0])))[:part.shape[0]])
+        if part.shape[0] < block:  # only the last block is padded: a full one goes in as it is, uncopied
+            part = F.pad(part, (0, 0, 0, block - part.shape[0]))
+        parts.append(fn(part)[:min(block, n - start)])
     return torch.cat(parts)

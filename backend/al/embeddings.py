@@ -91,15 +91,21 @@ class Segment:
         Searched by the digests' 8-byte prefixes (3x faster than comparing 20-byte strings), then
         checked in full; a digest whose prefix another key shares is searched again in full.
         """
-        last = len(self.keys) - 1
-        wanted = prefixes(digests)
-        pos = np.minimum(np.searchsorted(self.prefixes, wanted), last)
-        hit = self.keys[pos] == digests
-        clash = ~hit & (self.prefixes[pos] == wanted)
-        if clash.any():
-            pos[clash] = np.minimum(np.searchsorted(self.keys, digests[clash]), last)
-            hit[clash] = self.keys[pos[clash]] == digests[clash]
-        return hit, pos[hit]
+        return find_sorted(self.keys, self.prefixes, digests)
+
+
+def find_sorted(keys: np.ndarray, key_prefixes: np.ndarray, digests: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Which of digests (N,) are among sorted ``keys`` (M,) ``S20`` whose :func:`prefixes` are
+    ``key_prefixes``: (found (N,) bool, their positions in keys (hits,)); see :meth:`Segment.find`."""
+    last = len(keys) - 1
+    wanted = prefixes(digests)
+    pos = np.minimum(np.searchsorted(key_prefixes, wanted), last)
+    hit = keys[pos] == digests
+    clash = ~hit & (key_prefixes[pos] == wanted)
+    if clash.any():
+        pos[clash] = np.minimum(np.searchsorted(keys, digests[clash]), last)
+        hit[clash] = keys[pos[clash]] == digests[clash]
+    return hit, pos[hit]
 
 
 def prefixes(digests: np.ndarray) -> np.ndarray:
@@ -112,9 +118,9 @@ def prefixes(digests: np.ndarray) -> np.ndarray:
 def read_segment(path: Path) -> Segment:
     """Memory-map a segment file; ValueError if it is not one."""
     with open(path, "rb") as f:
-        keys_at, keys_shape, keys_dtype = _npy_header(f)
+        keys_at, keys_shape, keys_dtype = npy_header(f)
         f.seek(keys_at + int(np.prod(keys_shape)) * keys_dtype.itemsize)
-        vectors_at, vectors_shape, vectors_dtype = _npy_header(f)
+        vectors_at, vectors_shape, vectors_dtype = npy_header(f)
     if (keys_dtype != KEY or vectors_dtype != np.float32 or len(keys_shape) != 1
             or len(vectors_shape) != 2 or keys_shape[0] != vectors_shape[0] or keys_shape[0] == 0):
         raise ValueError(f"{path} is not an embedding segment")
@@ -125,7 +131,7 @@ def read_segment(path: Path) -> Segment:
     return Segment(path, keys, np.memmap(path, np.float32, "r", vectors_at, vectors_shape))
 
 
-def _npy_header(f) -> tuple[int, tuple[int, ...], np.dtype]:
+def npy_header(f) -> tuple[int, tuple[int, ...], np.dtype]:
     if np.lib.format.read_magic(f) != (1, 0):
         raise ValueError(f"{f.name}: not an npy 1.0 header")
     shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
@@ -158,6 +164,25 @@ def write_segment(folder: Path, keys: np.ndarray, vectors: Iterable[np.ndarray],
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def newest_first(folder: Path, pattern: str) -> list[Path]:
+    """The files of folder that match pattern, most recently modified (or touched) first; one removed
+    meanwhile sorts last."""
+    def mtime(path: Path) -> float:
+        try:
+            return path.stat().st_mtime
+        except FileNotFoundError:
+            return 0.0
+    return sorted(folder.glob(pattern), key=mtime, reverse=True)
+
+
+def touch(path: Path) -> None:
+    """Mark a cache file recently used; one another worker's clean-up removed meanwhile is left gone."""
+    try:
+        os.utime(path)
+    except FileNotFoundError:
+        pass
 
 
 def identity_dir(root: Path | str, identity: str, marker: str) -> Path:

@@ -28,8 +28,10 @@ from backend.al.kinds import AUTO, choose_kind, kind_class
 from backend.al.kinds.base import Model, ModelKind, Progress
 from backend.al.neighbours import NeighbourCache
 from backend.al.ranking import COLD_START, Ranking, TaskScores, order_pool
+from backend.al.snapshots import Snapshots
 from backend.al.zeroshot import label_prompt, zero_shot_scores
 
+_GRAMS = "lexical n-gram rows v2"  # the version of lexical.features' rows that caches and snapshots hold
 Ids = Sequence[int] | torch.Tensor | None
 """Task ids of the texts scored, one per text; None numbers them 0..N-1."""
 
@@ -61,6 +63,8 @@ class ActiveLearner:
         self._kinds: dict[str, ModelKind] = {}
         self._gram_caches: dict[tuple[int, int], EmbeddingCache] = {}
         self._neighbours = NeighbourCache(self.cache.dir.parent if self.cache is not None else None, self.identity)
+        self.snapshots = Snapshots(self.cache.dir.parent, f"{self.identity}; {_GRAMS}: crc32, opening words") \
+            if self.cache is not None else None
 
     def __repr__(self) -> str:
         return f"ActiveLearner({self.config!r}, cache={self.cache!r})"
@@ -147,6 +151,27 @@ class ActiveLearner:
                 stored |= fits
         return lexical.merge(parts, len(texts), bits)
 
+    def rows(self, texts: Sequence[str], bits: int = 0, progress: Progress | None = None,
+             digests: np.ndarray | None = None, snapshot: bool = True) -> tuple[torch.Tensor, lexical.Rows | None]:
+        """Embeddings (N, D) of texts (:meth:`embed`) and, when bits > 0, their hashed n-gram rows
+        (:meth:`grams`). A pool (at least ``snapshots.MIN_ROWS`` texts, with a cache folder) is
+        read from a recent pool snapshot when one holds all its texts, and written as one when none
+        does, so the next request for (a subset of) it is a memory map (:mod:`backend.al.snapshots`);
+        the rows are the same either way. ``snapshot=False``: a set that grows rather than shrinks
+        (a labelled set), neither read from nor written to snapshots."""
+        snapshots = self.snapshots if snapshot and bits <= lexical.MAX_PACKED_BITS else None
+        digests = text_digests(texts) if digests is None and (bits or snapshots) else digests
+        found = snapshots.get(digests, bits) if snapshots is not None else None
+        if found is not None:
+            if progress:
+                progress(len(texts), len(texts))
+            return found
+        x = self.embed(texts, progress, digests)
+        grams = self.grams(texts, bits, digests) if bits else None
+        if snapshots is not None:
+            snapshots.put(digests, x, grams)
+        return x, grams
+
     def neighbours(self, x: torch.Tensor, digests: np.ndarray, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Each row's k nearest other rows of embeddings x (N, D) of the texts with ``digests``:
         similarities and indices (N, k) (:func:`backend.al.propagation.nearest`), kept beside the
@@ -156,7 +181,7 @@ class ActiveLearner:
     def _gram_cache(self, bits: int, width: int) -> EmbeddingCache:
         key = (bits, width)
         if key not in self._gram_caches:
-            identity = f"lexical n-gram rows v2: crc32, {bits} bits, opening words, packed {width} wide"
+            identity = f"{_GRAMS}: crc32, {bits} bits, opening words, packed {width} wide"
             self._gram_caches[key] = EmbeddingCache(self.cache.dir.parent, identity, marker="FEATURES")
         return self._gram_caches[key]
 
@@ -279,7 +304,7 @@ class ActiveLearner:
         diversity, or by class coverage of ``label_names``), carrying zero-shot probabilities of
         ``label_names`` when they mean something."""
         scored = self.score(model, texts, ids, seed, progress, label_names)
-        embeddings = self.embed(texts) if self.needs_embeddings(scored) else None
+        embeddings = self.rows(texts)[0] if self.needs_embeddings(scored) else None
         return self.order(scored, embeddings, seed)
 
 

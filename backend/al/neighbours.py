@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +32,7 @@ import numpy as np
 import torch
 
 from backend.al import propagation
-from backend.al.embeddings import KEY, atomic_write, identity_dir
+from backend.al.embeddings import KEY, atomic_write, identity_dir, newest_first, touch
 
 KEEP = 8
 """Sets of lists kept on disk (each about 1.4 MB for 10k texts at k = 10), least recently used out."""
@@ -110,10 +109,7 @@ class NeighbourCache:
         if self.dir is None:
             self._memory.move_to_end(key)
             return
-        try:
-            os.utime(self.dir / f"{key}.pt")
-        except FileNotFoundError:  # removed by another worker's clean-up since: written again next time
-            pass
+        touch(self.dir / f"{key}.pt")  # removed by another worker's clean-up meanwhile: written again next time
 
     def _recent(self, k: int) -> Iterator[Lists]:
         """Up to :data:`BASES` of the most recently used lists of k neighbours, newest first: the
@@ -122,7 +118,7 @@ class NeighbourCache:
             yield from [lists for lists in reversed(self._memory.values()) if lists.sims.shape[1] == k][:BASES]
             return
         tried = 0
-        for path in sorted(self.dir.glob("*.pt"), key=_mtime, reverse=True):
+        for path in newest_first(self.dir, "*.pt"):
             if tried == BASES:
                 return
             lists = self._read(path.stem, k=k)
@@ -139,7 +135,7 @@ class NeighbourCache:
         keys = torch.from_numpy(np.frombuffer(lists.keys.tobytes(), dtype=np.uint8).reshape(-1, KEY.itemsize).copy())
         atomic_write(self.dir / f"{key}.pt", {"keys": keys, "sims": lists.sims.contiguous(),
                                               "columns": lists.columns.int().contiguous()})
-        files = sorted(self.dir.glob("*.pt"), key=_mtime, reverse=True)
+        files = newest_first(self.dir, "*.pt")
         for old in files[KEEP:]:
             old.unlink(missing_ok=True)
 
@@ -210,10 +206,3 @@ def _copy_rank(keys: np.ndarray) -> np.ndarray:
 
 MAX_CHANGED = 0.25
 """update() computes at most this share of the rows in full; more changed texts: all rows afresh."""
-
-
-def _mtime(path: Path) -> float:
-    try:
-        return path.stat().st_mtime
-    except FileNotFoundError:
-        return 0.0

@@ -84,6 +84,12 @@ class Backbone(Protocol):
         """Cached hashed n-gram rows (N texts, 2 ** bits columns): :func:`backend.al.lexical.features`."""
         ...
 
+    def rows(self, texts: Sequence[str], bits: int = 0, progress: Progress | None = None,
+             digests: np.ndarray | None = None, snapshot: bool = True) -> tuple[torch.Tensor, "lexical.Rows | None"]:
+        """:meth:`embed` and, when bits > 0, :meth:`grams` of texts together (a pool's may come from a
+        snapshot; not with ``snapshot=False``)."""
+        ...
+
     def neighbours(self, x: torch.Tensor, digests: np.ndarray, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """:func:`backend.al.propagation.nearest` of embeddings x (N, D) of the texts with ``digests``,
         kept for the next call on the same set of texts."""

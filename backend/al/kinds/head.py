@@ -103,8 +103,9 @@ class Kind(KindBase):
 
     def mc_probs(self, model: Model, texts: Sequence[str], seed: int,
                  progress: Progress | None) -> torch.Tensor:
-        """(N, T, C) from the cached embeddings; T masks drawn from ``seed``, shared by all texts."""
-        x = self.backbone.embed(texts, progress)
+        """(N, T, C) from the cached embeddings (a pool's from its snapshot); T masks drawn from ``seed``,
+        shared by all texts."""
+        x, _ = self.backbone.rows(texts, 0, progress)
         head = self._build(HeadArch(**model.arch), len(model.classes))
         head.load_state_dict(model.state)
         head.eval()

@@ -102,14 +102,12 @@ def sparse_logits(rows: lexical.Rows, weights: torch.Tensor) -> torch.Tensor:
 
 
 def features(backbone: Backbone, texts: Sequence[str], scale: float, bits: int = lexical.BITS,
-             progress: Progress | None = None, digests: np.ndarray | None = None) -> Design:
+             progress: Progress | None = None, digests: np.ndarray | None = None, pool: bool = True) -> Design:
     """The rows of texts: their cached embeddings (N, E) beside ``scale`` x their cached hashed n-gram
-    rows of ``bits`` bits (kept sparse) when scale > 0; the texts are hashed once for both caches
-    (not at all when their ``digests`` are given)."""
-    if digests is None and scale > 0:
-        digests = text_digests(texts)
-    emb = backbone.embed(texts, progress, digests).float().cpu()
-    return Design(emb, backbone.grams(texts, bits, digests) if scale > 0 else None, scale)
+    rows of ``bits`` bits (kept sparse) when scale > 0 (``Backbone.rows``: a pool's come from its
+    snapshot unless ``pool`` is False; the texts are not hashed again when their ``digests`` are given)."""
+    emb, grams = backbone.rows(texts, bits if scale > 0 else 0, progress, digests, snapshot=pool)
+    return Design(emb.float().cpu(), grams, scale)
 
 
 def pseudo_rows(pool: Design, pseudo: propagation.PseudoLabels, offset: int, n_labels: int,
@@ -158,7 +156,7 @@ class Kind(KindBase):
         l2 = self.l2(len(texts), targets.shape[1])
         scale = lexical_scale(l2, cfg.lexical) if self.lexical else 0.0
         digests = text_digests(texts)
-        x = features(self.backbone, texts, scale, digests=digests)
+        x = features(self.backbone, texts, scale, digests=digests, pool=False)  # the labelled set grows
         weights = class_weights(targets, multilabel) if self.class_weighted else None
         items = None if weights is None or multilabel else targets @ weights
         pseudo, spread_stats = self.propagate(x, digests, targets, multilabel, pool, scale, progress)

@@ -137,6 +137,9 @@ class ClusterBackbone:
     def grams(self, texts, bits, digests=None) -> lexical.Rows:
         return lexical.features(texts, bits)
 
+    def rows(self, texts, bits=0, progress=None, digests=None, snapshot=True):
+        return self.embed(texts), self.grams(texts, bits) if bits else None
+
     def neighbours(self, x, digests, k):
         return propagation.nearest(x, k)
 
