@@ -161,14 +161,23 @@ class ActiveLearner:
         (a labelled set), neither read from nor written to snapshots."""
         snapshots = self.snapshots if snapshot and bits <= lexical.MAX_PACKED_BITS else None
         digests = text_digests(texts) if digests is None and (bits or snapshots) else digests
-        found = snapshots.get(digests, bits) if snapshots is not None else None
-        if found is not None:
+        hit = snapshots.get(digests, bits) if snapshots is not None else None
+        if hit is not None and hit.found.all():
             if progress:
                 progress(len(texts), len(texts))
-            return found
-        x = self.embed(texts, progress, digests)
-        grams = self.grams(texts, bits, digests) if bits else None
-        if snapshots is not None:
+            return hit.dense, hit.grams
+        rest = None if hit is None else np.flatnonzero(~hit.found)
+        rest_texts = texts if rest is None else [texts[i] for i in rest.tolist()]
+        rest_digests = digests if rest is None or digests is None else digests[rest]
+        x = self.embed(rest_texts, progress, rest_digests)
+        grams = self.grams(rest_texts, bits, rest_digests) if bits else None
+        if hit is not None:  # most from the snapshot, the rest from the caches
+            held = np.flatnonzero(hit.found)
+            whole = torch.empty(len(texts), x.shape[1])
+            whole[torch.from_numpy(held)], whole[torch.from_numpy(rest)] = hit.dense, x
+            x = whole
+            grams = lexical.merge([(held, hit.grams), (rest, grams)], len(texts), bits) if bits else None
+        if snapshots is not None and snapshots.stale(hit):
             snapshots.put(digests, x, grams)
         return x, grams
 

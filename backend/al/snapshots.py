@@ -44,11 +44,15 @@ from backend.al.embeddings import (
 
 KEEP = 8
 """Snapshots kept per encoder (10k AG News texts with n-grams: about 23 MB each), least recently used out."""
-_PROBE = 8  # digests of a request looked up in each snapshot before the full search
+_PROBE = 32  # digests of a request looked up in each snapshot before the full search (half must be there)
 MIN_ROWS = 1000
 """Requests of fewer texts skip snapshots: assembling them is cheap, and they would push pools out."""
 MAX_ROWS = 200_000
 """Requests of more texts are not written (about 300 MB at 384 dimensions); shards are smaller (``SHARD_SIZE``)."""
+REWRITE = 0.9
+"""A pool of which the best snapshot holds less than this share is written as a new snapshot (the rest
+are read from the caches either way): a big pool's propagation sample, or a shard, that drifts by a few
+texts a round is not rewritten every round."""
 _RUN = 16  # rows per run of consecutive rows, at the least, for a subset to be copied run by run
 _ARRAYS = ("keys", "sorted_keys", "sorted_rows", "dense", "indptr", "indices", "values")
 log = logging.getLogger(__name__)
@@ -70,32 +74,42 @@ class Snapshot:
     indices: np.ndarray
     values: np.ndarray
 
-    def take(self, digests: np.ndarray, bits: int) -> tuple[torch.Tensor, lexical.Rows | None] | None:
-        """The rows of the texts with ``digests`` (N,): embeddings (N, D) and, when bits > 0, their n-gram
-        rows; None when some text is not here or the n-grams are of other bits."""
+    def take(self, digests: np.ndarray, bits: int) -> Found | None:
+        """The rows here of the texts with ``digests`` (N,): which are here, their embeddings and, when
+        bits > 0, their n-gram rows; None when the n-grams here are of other bits."""
         if bits and bits != self.bits:
             return None
         grams = lexical.Rows(*(torch.from_numpy(a) for a in (self.indptr, self.indices, self.values)),
                              1 << self.bits) if bits else None
         if len(digests) == len(self.keys) and digests.tobytes() == self.keys.tobytes():
-            return torch.from_numpy(self.dense), grams  # the same pool in the same order: the file itself
+            # the same pool in the same order: the file itself
+            return Found(np.ones(len(digests), dtype=bool), torch.from_numpy(self.dense), grams)
         found, at = find_sorted(self.sorted_keys, prefixes(self.sorted_keys), digests)
-        if not found.all():
-            return None
         rows = self.sorted_rows[at]
-        starts = np.concatenate([[0], np.flatnonzero(np.diff(rows) != 1) + 1])
+        starts = np.concatenate([[0], np.flatnonzero(np.diff(rows) != 1) + 1]) if rows.size else rows
         if len(starts) * _RUN > len(rows):  # scattered rows: a gather
-            return torch.from_numpy(self.dense[rows]), grams.take(torch.from_numpy(rows)) if grams else None
+            return Found(found, torch.from_numpy(self.dense[rows]),
+                         grams.take(torch.from_numpy(rows)) if grams else None)
         # a pool less a few texts, in its order: a few long runs of rows, copied as slices
         first = rows[starts]
         stop = first + np.diff(np.concatenate([starts, [len(rows)]]))
-        dense = torch.from_numpy(_slices(self.dense, first, stop))
+        dense = torch.from_numpy(_slices(self.dense, first, stop, self.dense.shape[1:]))
         if not bits:
-            return dense, None
+            return Found(found, dense, None)
         lo, hi = self.indptr[first], self.indptr[stop]
         indptr = np.concatenate([[0], np.cumsum(self.indptr[rows + 1] - self.indptr[rows])])
-        return dense, lexical.Rows(*(torch.from_numpy(a) for a in (
-            indptr, _slices(self.indices, lo, hi), _slices(self.values, lo, hi))), 1 << self.bits)
+        return Found(found, dense, lexical.Rows(*(torch.from_numpy(a) for a in (
+            indptr, _slices(self.indices, lo, hi), _slices(self.values, lo, hi))), 1 << self.bits))
+
+
+@dataclass(frozen=True)
+class Found:
+    """What a snapshot holds of a request of N texts: which (N,) bool, and the rows of those, in order:
+    embeddings (hits, D) and n-gram rows (hits texts) or None."""
+
+    found: np.ndarray
+    dense: torch.Tensor
+    grams: lexical.Rows | None
 
 
 class Snapshots:
@@ -112,23 +126,29 @@ class Snapshots:
         """This identity's folder (created when missing, also after a clean-up)."""
         return identity_dir(self.root, f"pool snapshots v1 of {self.identity}", marker="SNAPSHOTS")
 
-    def get(self, digests: np.ndarray, bits: int) -> tuple[torch.Tensor, lexical.Rows | None] | None:
-        """Embeddings (N, D) and, when bits > 0, n-gram rows of the texts with ``digests`` from the most
-        recently used snapshot that holds them all; None when none does (or the request is smaller
-        than :data:`MIN_ROWS`). A few of the digests are looked up in each snapshot first, so only a
-        likely one is searched in full."""
+    def get(self, digests: np.ndarray, bits: int) -> Found | None:
+        """What the most recently used snapshot that holds most of the texts with ``digests`` has of
+        them (:meth:`Snapshot.take`); None when no snapshot holds most (or the request is smaller than
+        :data:`MIN_ROWS`). A few of the digests are looked up in each snapshot first, so only a likely
+        one is searched in full."""
         if len(digests) < MIN_ROWS:
             return None
         probe = digests[::max(1, len(digests) // _PROBE)]
         for snapshot in self._readable():
             at = np.minimum(np.searchsorted(snapshot.sorted_keys, probe), len(snapshot.sorted_keys) - 1)
-            if not (snapshot.sorted_keys[at] == probe).all():
+            if (snapshot.sorted_keys[at] == probe).mean() < 0.5:
                 continue
-            rows = snapshot.take(digests, bits)
-            if rows is not None:
+            found = snapshot.take(digests, bits)
+            if found is not None:
                 touch(snapshot.path)
-                return rows
+                return found
         return None
+
+    @staticmethod
+    def stale(hit: Found | None) -> bool:
+        """Whether a request that got ``hit`` from :meth:`get` should be written as a new snapshot: no
+        snapshot held most of it, or the best held less than :data:`REWRITE` of it."""
+        return hit is None or float(hit.found.mean()) < REWRITE
 
     def put(self, digests: np.ndarray, dense: torch.Tensor, grams: lexical.Rows | None) -> None:
         """Write the rows of a pool (texts with ``digests`` (N,), embeddings (N, D), n-gram rows or None)
@@ -192,9 +212,10 @@ def read_snapshot(path: Path) -> Snapshot:
     return Snapshot(path, bits, **mapped)
 
 
-def _slices(array: np.ndarray, starts: np.ndarray, stops: np.ndarray) -> np.ndarray:
-    """``array[starts[i]:stops[i]]`` one after another, in one new array."""
-    return np.concatenate([array[a:b] for a, b in zip(starts.tolist(), stops.tolist(), strict=True)])
+def _slices(array: np.ndarray, starts: np.ndarray, stops: np.ndarray, tail: tuple[int, ...] = ()) -> np.ndarray:
+    """``array[starts[i]:stops[i]]`` one after another, in one new array (of shape (0, *tail) when none)."""
+    parts = [array[a:b] for a, b in zip(starts.tolist(), stops.tolist(), strict=True)]
+    return np.concatenate(parts) if parts else np.zeros((0, *tail), dtype=array.dtype)
 
 
 def _save(arrays: dict[str, np.ndarray], f: BinaryIO) -> None:

@@ -31,14 +31,15 @@ def pool(n: int, seed: int = 0) -> tuple[list[str], np.ndarray, torch.Tensor, le
     return texts, text_digests(texts), x, lexical.features(texts, 8)
 
 
-def same_rows(got: tuple[torch.Tensor, lexical.Rows | None], x: torch.Tensor, grams: lexical.Rows | None) -> None:
-    dense, rows = got
-    assert torch.equal(dense, x)
+def same_rows(got: snapshots.Found, x: torch.Tensor, grams: lexical.Rows | None) -> None:
+    assert got.found.all()
+    assert torch.equal(got.dense, x)
     if grams is None:
-        assert rows is None
+        assert got.grams is None
         return
-    assert rows.width == grams.width
-    for a, b in ((rows.indptr, grams.indptr), (rows.indices, grams.indices), (rows.values, grams.values)):
+    assert got.grams.width == grams.width
+    for a, b in ((got.grams.indptr, grams.indptr), (got.grams.indices, grams.indices),
+                 (got.grams.values, grams.values)):
         assert torch.equal(a, b)
 
 
@@ -56,13 +57,30 @@ def test_any_subset_of_a_snapshot_gives_the_same_rows_as_the_caches(tmp_path, pi
     same_rows(Snapshots(tmp_path, "e").get(d[rows], 0), x[torch.from_numpy(rows)], None)  # embeddings only
 
 
-def test_a_pool_with_a_text_no_snapshot_holds_is_not_served(tmp_path):
+@pytest.mark.parametrize("new_at", ["end", "start", "scattered"])
+def test_a_pool_with_new_texts_gets_what_a_snapshot_holds_of_it(tmp_path, new_at):
+    texts, d, x, grams = pool(120)
+    old = {"end": np.arange(100), "start": np.arange(20, 120),
+           "scattered": np.flatnonzero(np.arange(120) % 7 > 0)}[new_at]
+    cache = Snapshots(tmp_path, "e")
+    cache.put(d[old], x[old], grams.take(torch.from_numpy(old)))
+    got = cache.get(d, 8)
+    held = np.isin(np.arange(120), old)
+    assert np.array_equal(got.found, held)
+    kept = torch.from_numpy(np.flatnonzero(held))
+    assert torch.equal(got.dense, x[kept])
+    taken = grams.take(kept)
+    assert torch.equal(got.grams.indptr, taken.indptr) and torch.equal(got.grams.indices, taken.indices)
+    assert Snapshots.stale(got) == (held.mean() < snapshots.REWRITE)
+
+
+def test_a_pool_no_snapshot_holds_most_of_is_not_served(tmp_path):
     texts, d, x, grams = pool(100)
     cache = Snapshots(tmp_path, "e")
-    cache.put(d[:90], x[:90], grams.take(torch.arange(90)))
-    assert cache.get(d, 8) is None  # ten texts are new
+    cache.put(d[:40], x[:40], grams.take(torch.arange(40)))
+    assert cache.get(d, 8) is None and Snapshots.stale(None)  # 60 texts are new
     assert cache.get(d[:19], 8) is None  # below MIN_ROWS: never read
-    assert cache.get(d[:90], 9) is None  # n-grams of other bits
+    assert cache.get(d[:40], 9) is None  # n-grams of other bits
     cache.put(d[:19], x[:19], grams.take(torch.arange(19)))  # below MIN_ROWS: never written
     assert len(list(cache.dir.glob("*.snap"))) == 1
 
@@ -115,7 +133,15 @@ def test_a_learner_ranks_the_same_from_a_snapshot_as_from_the_caches(agnews_pool
     assert torch.equal(again.order, first.order) and torch.equal(again.scores, first.scores)
     fewer = pool_texts[::3] + pool_texts[1::3]  # a subset, in another order
     from_snapshot = ActiveLearner(learner_config, tmp_path).rank(model, fewer)
+    assert len(list(learner.snapshots.dir.glob("*.snap"))) == 1  # a subset: nothing written
+    more = pool_texts[5:] + texts[:60:3]  # 20 labelled texts back in the pool: 195 of 215 held (91%)
+    partly = ActiveLearner(learner_config, tmp_path).rank(model, more)
+    assert len(list(learner.snapshots.dir.glob("*.snap"))) == 1  # most held: not written again
     path.unlink()
     without = ActiveLearner(learner_config, tmp_path).rank(model, fewer)  # from the caches (and written again)
     assert torch.equal(from_snapshot.order, without.order)
     assert torch.equal(from_snapshot.scores, without.scores)
+    for file in learner.snapshots.dir.glob("*.snap"):
+        file.unlink()
+    partly_without = ActiveLearner(learner_config, tmp_path).rank(model, more)
+    assert torch.equal(partly.order, partly_without.order) and torch.equal(partly.scores, partly_without.scores)
