@@ -217,7 +217,28 @@ def publish_ranking(context: WorkerContext, project_id: int, version: str | None
     Runs once every shard has ended. If a shard failed for good, nothing is published
     (:class:`ShardsIncomplete`): the previous priorities stay live and reconcile re-scores.
     """
-    r, store = current_job().connection, context.store
+    r = current_job().connection
+    # rq 3.0 may run a fan-in twice (two shards ending at once each move it to ready): executions
+    # of one run take turns, and one that finds the run ended repeats its recorded outcome.
+    outcome = projects.key(project_id, f"fan-in:{run}:outcome")
+    timeout = context.policy.timeout
+    with r.lock(projects.key(project_id, f"fan-in:{run}:lock"), timeout=timeout, blocking_timeout=timeout):
+        ended = r.get(outcome)
+        if ended is not None and not run_dir(context.settings.model_dir, project_id, run).exists():
+            ended = ended.decode() if isinstance(ended, bytes) else str(ended)
+            if ended != _PUBLISHED:
+                raise ShardsIncomplete(ended)
+            log.info("project %s: run %s was published by another execution of its fan-in", project_id, run)
+            return {"skipped": True, "reason": "published by another execution", "version": version}
+        return _fan_in(context, r, project_id, version, run, shards, outcome)
+
+
+_PUBLISHED = "published"
+
+
+def _fan_in(context: WorkerContext, r: Redis, project_id: int, version: str | None, run: str, shards: int,
+            outcome: str) -> dict:
+    store, ttl = context.store, context.policy.failure_ttl
     folder = run_dir(context.settings.model_dir, project_id, run)
     current = store.current(project_id)
     if version != current:
@@ -226,10 +247,12 @@ def publish_ranking(context: WorkerContext, project_id: int, version: str | None
         return {"skipped": True, "version": version, "current": current}
     missing = [shard for shard in range(shards) if not scores_path(folder, shard).exists()]
     if missing:  # their jobs failed for good: nothing fills them any more
+        message = (f"project {project_id}: shards {missing} of {shards} of {version or 'cold start'} "
+                   "have no scores (their jobs failed); nothing published")
         if not current_job().retries_left:  # this fan-in's last attempt: nothing reads them either
+            r.set(outcome, message, ex=ttl)
             _remove_run(folder)
-        raise ShardsIncomplete(f"project {project_id}: shards {missing} of {shards} of {version or 'cold start'} "
-                               "have no scores (their jobs failed); nothing published")
+        raise ShardsIncomplete(message)
     with metrics.timed(r, "al_rescore_seconds"):
         scored = TaskScores.concat([load_scores(scores_path(folder, shard)) for shard in range(shards)])
         embeddings = None
@@ -239,6 +262,7 @@ def publish_ranking(context: WorkerContext, project_id: int, version: str | None
         ranking = context.learner.order(scored, embeddings)
         project = context.sync_project(r, project_id)
         result = _publish_ranked(context, r, project, project_id, version, scored.ids.tolist(), ranking)
+    r.set(outcome, _PUBLISHED, ex=ttl)
     _remove_run(folder)
     _remove_stale_runs(r, context.settings.model_dir, project_id, context.policy.timeout)
     return {**result, "shards": shards}

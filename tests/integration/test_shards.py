@@ -110,6 +110,24 @@ def test_cold_start_in_shards_publishes_the_single_job_order(r, ls, settings):
     assert list((settings.model_dir / SHARDS_DIR / "1").iterdir()) == []  # cleaned after publishing
 
 
+def test_a_fan_in_run_twice_publishes_once_and_repeats_its_outcome(r, ls, settings):
+    """rq 3.0 may run a fan-in a second time (two shards ending at once each move it to ready):
+    the second execution finds the run ended and repeats the first's outcome; nothing is published twice."""
+    ls.annotations.clear()
+    sharded = WorkerContext.from_settings(replace(settings, shard_size=SHARD_SIZE), client_factory=ls.client)
+    jobqueue.enqueue_rescore(r, 1, None, sharded.policy)
+    drain(r, sharded)
+    fan_in = jobqueue.latest_rescore(r, 1)
+    assert fan_in.get_status() == JobStatus.FINISHED and fan_in.return_value()["published"] == 30
+    imported = len(ls.predictions)
+    again = jobqueue.enqueue(r, jobqueue.SCORE, "workers.scoring.publish_ranking", *fan_in.args,
+                             policy=sharded.policy, description="the same fan-in, a second time")
+    drain(r, sharded)
+    assert again.get_status() == JobStatus.FINISHED
+    assert again.return_value() == {"skipped": True, "reason": "published by another execution", "version": None}
+    assert len(ls.predictions) == imported  # not imported again
+
+
 def test_shards_of_a_superseded_version_skip_and_publish_nothing(r, ls, settings, context):
     jobqueue.enqueue_retrain(r, 1, context.policy, "test")
     drain(r, context)
