@@ -129,10 +129,6 @@ def rq_status(r: Redis, job_id: str | None) -> JobStatus | None:
     return job.get_status(refresh=False) if job is not None else None
 
 
-def _decode(value: object) -> str | None:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 def enqueue_retrain(r: Redis, project_id: int, policy: JobPolicy, reason: str) -> tuple[str, str]:
     """Ask for a retrain; returns (job id or "", outcome).
 
@@ -140,10 +136,10 @@ def enqueue_retrain(r: Redis, project_id: int, policy: JobPolicy, reason: str) -
     "follow-up" (one is running; exactly one more will run after it).
     """
     with r.lock(key(project_id, "retrain:lock"), timeout=_LOCK_SECONDS, blocking_timeout=_LOCK_SECONDS):
-        pending = _decode(r.get(key(project_id, "retrain:pending")))
+        pending = projects.as_text(r.get(key(project_id, "retrain:pending")))
         if rq_status(r, pending) in _WAITING:
             return pending, "coalesced"
-        running = _decode(r.get(key(project_id, "retrain:running")))
+        running = projects.as_text(r.get(key(project_id, "retrain:running")))
         if running and rq_status(r, running) == JobStatus.STARTED:
             r.set(key(project_id, "retrain:again"), reason, ex=policy.timeout * 2)
             return running, "follow-up"
@@ -156,7 +152,7 @@ def enqueue_retrain(r: Redis, project_id: int, policy: JobPolicy, reason: str) -
 def retrain_started(r: Redis, project_id: int, job_id: str, policy: JobPolicy) -> None:
     """Called by the retrain job when it starts: it is no longer pending, it is running."""
     with r.lock(key(project_id, "retrain:lock"), timeout=_LOCK_SECONDS, blocking_timeout=_LOCK_SECONDS):
-        if _decode(r.get(key(project_id, "retrain:pending"))) == job_id:
+        if projects.as_text(r.get(key(project_id, "retrain:pending"))) == job_id:
             r.delete(key(project_id, "retrain:pending"))
         r.set(key(project_id, "retrain:running"), job_id, ex=policy.timeout + 60)
 
@@ -164,9 +160,9 @@ def retrain_started(r: Redis, project_id: int, job_id: str, policy: JobPolicy) -
 def retrain_ended(r: Redis, project_id: int, job_id: str, policy: JobPolicy) -> str | None:
     """Called by the retrain job when it ends (success or not); enqueues the follow-up if asked."""
     with r.lock(key(project_id, "retrain:lock"), timeout=_LOCK_SECONDS, blocking_timeout=_LOCK_SECONDS):
-        if _decode(r.get(key(project_id, "retrain:running"))) == job_id:
+        if projects.as_text(r.get(key(project_id, "retrain:running"))) == job_id:
             r.delete(key(project_id, "retrain:running"))
-        again = _decode(r.getdel(key(project_id, "retrain:again")))
+        again = projects.as_text(r.getdel(key(project_id, "retrain:again")))
     if again is None:
         return None
     follow_id, _ = enqueue_retrain(r, project_id, policy, f"follow-up: {again}")
@@ -202,7 +198,7 @@ def enqueue_shards(r: Redis, project_id: int, version: str | None, run: str, sha
                      policy=policy, description=f"rank and publish {shards} shards of {what}", project=project_id,
                      job_id=run, depends_on=Dependency(jobs=jobs, allow_failure=True, enqueue_at_front=True))
     with r.lock(key(project_id, "rescore:lock"), timeout=_LOCK_SECONDS, blocking_timeout=_LOCK_SECONDS):
-        if _decode(r.get(key(project_id, "rescore:latest"))) == rescore_id:
+        if projects.as_text(r.get(key(project_id, "rescore:latest"))) == rescore_id:
             r.set(key(project_id, "rescore:latest"), fan_in.id, ex=policy.failure_ttl)
     return fan_in
 
@@ -221,7 +217,7 @@ def enqueue_rescore_once(r: Redis, project_id: int, version: str | None, policy:
 
 def latest_rescore(r: Redis, project_id: int) -> Job | None:
     """The project's newest rescore job, or None when RQ no longer has it."""
-    return fetch_job(r, _decode(r.get(key(project_id, "rescore:latest"))))
+    return fetch_job(r, projects.as_text(r.get(key(project_id, "rescore:latest"))))
 
 
 def rescore_under_way(r: Redis, project_id: int) -> bool:
@@ -241,8 +237,8 @@ def rescore_under_way(r: Redis, project_id: int) -> bool:
 
 def retrain_under_way(r: Redis, project_id: int) -> bool:
     """Whether a retrain of the project waits in the queue or runs now."""
-    pending = _decode(r.get(key(project_id, "retrain:pending")))
-    running = _decode(r.get(key(project_id, "retrain:running")))
+    pending = projects.as_text(r.get(key(project_id, "retrain:pending")))
+    running = projects.as_text(r.get(key(project_id, "retrain:running")))
     return rq_status(r, pending) in _WAITING or rq_status(r, running) == JobStatus.STARTED
 
 

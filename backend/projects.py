@@ -100,7 +100,7 @@ def ls_endpoint(r: Redis, project_id: int, url: str, api_key: str) -> tuple[str,
 def connection(r: Redis, project_id: int) -> dict[str, str]:
     """The hostname/access_token LS sent at /setup ({} if none)."""
     raw = r.hgetall(key(project_id, "conn"))
-    return {_text(k): _text(v) for k, v in raw.items()}
+    return {as_text(k): as_text(v) for k, v in raw.items()}
 
 
 def config_fingerprint(r: Redis, project_id: int) -> str | None:
@@ -110,7 +110,7 @@ def config_fingerprint(r: Redis, project_id: int) -> str | None:
 
 def set_config_fingerprint(r: Redis, project_id: int, fingerprint: str) -> str | None:
     """Store a new fingerprint; return the previous one."""
-    return _text(r.set(key(project_id, "config"), fingerprint, get=True))
+    return as_text(r.set(key(project_id, "config"), fingerprint, get=True))
 
 
 def add_changes(r: Redis, project_id: int, changes: int, every: int) -> bool:
@@ -224,14 +224,15 @@ def record_job(r: Redis, project_id: int, job_id: str) -> None:
 
 def recent_jobs(r: Redis, project_id: int) -> list[str]:
     """Ids of the project's latest jobs, newest first (some may have expired from RQ)."""
-    return [_text(x) for x in r.lrange(key(project_id, "jobs"), 0, JOBS_KEPT - 1)]
+    return [as_text(x) for x in r.lrange(key(project_id, "jobs"), 0, JOBS_KEPT - 1)]
 
 
 def _get(r: Redis, name: str) -> str | None:
-    return _text(r.get(name))
+    return as_text(r.get(name))
 
 
-def _text(value: object) -> str | None:
+def as_text(value: object) -> str | None:
+    """A Redis reply as text (bytes decoded), None for None."""
     if value is None:
         return None
     return value.decode() if isinstance(value, bytes) else str(value)

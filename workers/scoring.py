@@ -223,9 +223,8 @@ def publish_ranking(context: WorkerContext, project_id: int, version: str | None
     outcome = projects.key(project_id, f"fan-in:{run}:outcome")
     timeout = context.policy.timeout
     with r.lock(projects.key(project_id, f"fan-in:{run}:lock"), timeout=timeout, blocking_timeout=timeout):
-        ended = r.get(outcome)
+        ended = projects.as_text(r.get(outcome))
         if ended is not None and not run_dir(context.settings.model_dir, project_id, run).exists():
-            ended = ended.decode() if isinstance(ended, bytes) else str(ended)
             if ended != _PUBLISHED:
                 raise ShardsIncomplete(ended)
             log.info("project %s: run %s was published by another execution of its fan-in", project_id, run)
