@@ -256,6 +256,15 @@ def enqueue_cleanup(r: Redis, project_id: int, version: str, policy: JobPolicy) 
                    project=project_id)
 
 
+def enqueue_check(r: Redis, project_id: int, version: str, task_ids: list[int], labels: list[str],
+                  classes: list[str], policy: JobPolicy) -> Job:
+    """Run ``PROPAGATION=auto``'s check on a retrain's labels, for the next retrain, off the loop: on the
+    train queue, so it runs after the new version's re-score and before a later retrain."""
+    return enqueue(r, TRAIN, "workers.training.check_propagation", int(project_id), version, list(task_ids),
+                   list(labels), list(classes), policy=policy, project=project_id,
+                   description=f"propagation check of {version} ({len(task_ids)} labels) in project {project_id}")
+
+
 def enqueue_reset(r: Redis, project_id: int, policy: JobPolicy) -> Job:
     """Forget the project's model (label config changed) and retrain from scratch."""
     return enqueue(r, TRAIN, "workers.lifecycle.reset_project", int(project_id), policy=policy,

@@ -11,10 +11,13 @@ Keys (prefix ``al:``):
   al:p:<id>:importing       version a publish is writing (cleared after the switch)
   al:p:<id>:jobs            ids of the project's latest jobs, newest first (capped, expires)
   al:p:<id>:ambiguous_view  id of the "Ambiguous" Data Manager view once made (ambiguity routing)
+  al:p:<id>:propagation-check  JSON: the newest PROPAGATION=auto check (the version whose labels
+                            it checked, its counts, the label set), which the next retrain reads
 """
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from typing import Sequence
@@ -220,6 +223,40 @@ def record_job(r: Redis, project_id: int, job_id: str) -> None:
         pipe.ltrim(name, 0, JOBS_KEPT - 1)
         pipe.expire(name, JOBS_TTL)
         pipe.execute()
+
+
+def propagation_check(r: Redis, project_id: int) -> dict | None:
+    """The newest propagation check recorded for the project (:func:`record_propagation_check`):
+    {"version": the model version whose labels it checked, "check": [spread_correct, plain_correct,
+    held_out], "classes": the label set}, or None."""
+    raw = _get(r, key(project_id, "propagation-check"))
+    return json.loads(raw) if raw else None
+
+
+def record_propagation_check(r: Redis, project_id: int, version: str, check: Sequence[int],
+                             classes: Sequence[str]) -> bool:
+    """Record a check made on ``version``'s labels, unless one of a later version is recorded
+    (checks may end out of order on several workers); True when recorded."""
+    with r.lock(key(project_id, "propagation-check:lock"), timeout=10, blocking_timeout=10):
+        held = propagation_check(r, project_id)
+        if held is not None and version_number(held["version"]) > version_number(version):
+            return False
+        r.set(key(project_id, "propagation-check"),
+              json.dumps({"version": version, "check": [int(v) for v in check], "classes": list(classes)}))
+        return True
+
+
+def forget_propagation_check(r: Redis, project_id: int) -> None:
+    """Drop the recorded check (the project's models were reset and their numbers start again)."""
+    r.delete(key(project_id, "propagation-check"))
+
+
+def version_number(version: str) -> int:
+    """N of a version name ``p<id>-v<N>-...`` (the model store counts a project's versions up)."""
+    found = re.match(r"p\d+-v(\d+)-", version or "")
+    if found is None:
+        raise ValueError(f"not a model version name: {version!r}")
+    return int(found.group(1))
 
 
 def recent_jobs(r: Redis, project_id: int) -> list[str]:

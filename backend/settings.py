@@ -74,6 +74,10 @@ ENGINE_VARIABLES: dict[str, tuple[str, str]] = {
                                    "retrain seconds (AG News, 10k texts, one CPU thread: 4-5 s for the first retrain "
                                    "on a set of texts, 2-3 s for the next, which read the graph's k-NN lists kept "
                                    "beside the embeddings; CLINC150 at 1,000 labels: 38 / 32 s)."),
+    "PROPAGATION_CHECK": ("propagation_check", "when `auto`'s check runs: `deferred` (after a retrain, in a job of its "
+                                               "own on its labels; the next retrain reads the verdict, so no retrain "
+                                               "waits for the check's ten fits) or `inline` (inside every retrain, on "
+                                               "its own labels)."),
     "PROPAGATION_POOL": ("propagation_pool", "at most this many unlabelled texts join the graph: those with the "
                                              "smallest SHA-1 digests, a random sample that stays put as the pool "
                                              "changes; the graph costs O(N^2) similarity products for a new set of "

@@ -1,7 +1,9 @@
-"""Training jobs: a project's annotations -> a new model version in the store -> its re-score.
+"""Training jobs: a project's annotations -> a new model version in the store -> its re-score, and
+(``PROPAGATION=auto``, checked ``deferred``) the propagation check the next retrain reads.
 
-Each job reads the truth from Label Studio, is idempotent, and raises on failure so RQ records
-it (and retries it with backoff). Enqueued by dotted name from :mod:`backend.jobqueue`.
+A retrain reads the truth from Label Studio; the check reads the labels its retrain was handed
+and the task index that retrain synced. Both are idempotent and raise on failure so RQ records
+them (and retries them with backoff). Enqueued by dotted name from :mod:`backend.jobqueue`.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from redis import Redis
 from backend import audits, jobqueue, metrics, projects
 from backend.labeling import TaskDataError, TaskSpec, annotation_target, task_text
 from workers.context import WorkerContext, current_job, report_progress, takes_context
+from workers.task_index import TaskIndex
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +55,12 @@ def training_set(annotated: list[dict], spec: TaskSpec) -> tuple[list[int], list
     return ids, texts, labels
 
 
-def unlabelled_texts(context: WorkerContext, index, spec, n_labels: int) -> list[str]:
+def unlabelled_texts(context: WorkerContext, index, spec, n_labels: int, check=None) -> list[str]:
     """Unlabelled task texts for the learner's pseudo-labels: the sample of at most ``PROPAGATION_POOL``
     that the learner would draw from the whole pool (``propagation.sample_by_digest``: the smallest
     digests), so a large project reads only those texts. None when propagation is off, the config is
-    multi-label, or (``auto``) the labels are too few a class for its check."""
+    multi-label, or (``auto``) the labels are too few a class for its check, or (``auto``, checked
+    ``deferred``) when the recorded ``check`` is missing or turned the pseudo-labels away."""
     engine = context.settings.engine
     if engine.propagation == "off" or spec.multilabel:
         return []
@@ -64,7 +68,48 @@ def unlabelled_texts(context: WorkerContext, index, spec, n_labels: int) -> list
 
     if engine.propagation == "auto" and not propagation.checkable(n_labels, len(spec.classes)):
         return []
+    if engine.propagation == "auto" and engine.propagation_check == "deferred" and (check is None or not check.helps):
+        return []
     return index.sample_unlabelled(engine.propagation_pool)
+
+
+def recorded_check(r: Redis, project_id: int, spec: TaskSpec):
+    """The propagation check recorded for the project's current label set, as a
+    :class:`backend.al.propagation.Check`, or None."""
+    record = projects.propagation_check(r, project_id)
+    if record is None or record["classes"] != list(spec.classes):
+        return None
+    from backend.al.propagation import Check
+
+    return Check(*record["check"])
+
+
+@takes_context
+def check_propagation(context: WorkerContext, project_id: int, version: str, task_ids: list[int],
+                      labels: list, classes: list[str]) -> list[int] | None:
+    """``PROPAGATION=auto``'s k-fold check on the labels ``version`` was trained on (texts and pool from
+    the task index the retrain synced), recorded for the next retrain, so that no retrain waits for
+    one (``PROPAGATION_CHECK=deferred``). Skipped when a later version exists (its retrain queued its
+    own check) or the index no longer holds a labelled task. Returns the check's counts, or None."""
+    r = current_job().connection
+    current = context.store.current(project_id)
+    if current is not None and projects.version_number(current) > projects.version_number(version):
+        log.info("project %s: check of %s skipped, %s is newer", project_id, version, current)
+        return None
+    index = TaskIndex(context.settings.model_dir, project_id)
+    try:
+        texts = index.texts(task_ids)
+    except KeyError as exc:
+        log.info("project %s: check of %s skipped: %s", project_id, version, exc)
+        return None
+    check = context.learner.check_propagation(texts, labels, classes, pool=index.sample_unlabelled(
+        context.settings.engine.propagation_pool), progress=report_progress("checking propagation"))
+    if check is None:
+        return None
+    projects.record_propagation_check(r, project_id, version, check.as_list(), classes)
+    log.info("project %s: propagation check on %s's %d labels: %s", project_id, version, len(task_ids),
+             "helps" if check.helps else "does not help")
+    return check.as_list()
 
 
 def _train(context: WorkerContext, r: Redis, project_id: int) -> str | None:
@@ -85,10 +130,12 @@ def _train(context: WorkerContext, r: Redis, project_id: int) -> str | None:
     store, spec = context.store, project.spec
     current = store.current(project_id) if context.settings.engine.warm_start else None
     previous = context.usable_model(project_id, current, spec) if current else None
+    check = recorded_check(r, project_id, spec)
     try:
         model = context.learner.fit(texts, labels, spec.classes, multilabel=spec.multilabel,
                                     previous=previous, progress=report_progress("training"),
-                                    pool=unlabelled_texts(context, project.index, spec, len(texts)))
+                                    pool=unlabelled_texts(context, project.index, spec, len(texts), check),
+                                    check=check)
     except NotEnoughLabels as exc:  # not a failure: wait for more annotations (retrying won't help)
         projects.set_trained_count(r, project_id, count)
         log.info("project %s: %s", project_id, exc)
@@ -96,5 +143,7 @@ def _train(context: WorkerContext, r: Redis, project_id: int) -> str | None:
     version = store.save(project_id, model)
     audits.set_version_labels(r, project_id, version, len(texts))
     projects.set_trained_count(r, project_id, count)
+    if context.learner.defers_check(model):  # for the next retrain, after this version's re-score
+        jobqueue.enqueue_check(r, project_id, version, ids, labels, spec.classes, context.policy)
     log.info("project %s: trained %s on %d annotations", project_id, version, len(texts))
     return version

@@ -9,10 +9,12 @@ from backend.al.kinds import AUTO, KINDS
 STRATEGIES = ("margin", "bald", "entropy", "least_confidence", "variation_ratios", "random")
 """Acquisition functions by the name the settings and the CLI use (``acquisition.FUNCTIONS`` has them)."""
 COLD_STARTS = ("clusters", "zero-shot")
+"""Cold-start orders before any model: k-means representatives, or class coverage of the label names."""
 PROPAGATIONS = ("auto", "on", "off")
 """Pseudo-labels from label spreading over the pool (backend.al.propagation): auto = when a k-fold
 check on the labels says spreading labels them better than the plain fit."""
-"""Cold-start orders before any model: k-means representatives, or class coverage of the label names."""
+PROPAGATION_CHECKS = ("deferred", "inline")
+"""When ``auto``'s check runs: after a retrain, for the next one (deferred), or inside each retrain (inline)."""
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,11 @@ class EngineConfig:
     # and CLINC150 unchanged to 500 labels (docs/BENCHMARKS.md, "Label propagation").
     propagation: str = "auto"
     propagation_pool: int = 20000
+    # When auto's k-fold check runs. "deferred": after a fit, on its labels, off the loop (the worker's
+    # check job; the simulation after each round), and the next fit uses that verdict, so a retrain runs
+    # no check (AG News, 10k pool: 1.2-1.6 s of a 10-label round); "inline": inside every fit, on its own
+    # labels, as before 2026-11-24 (docs/BENCHMARKS.md, "The check off the loop").
+    propagation_check: str = "deferred"
     l2: float = 0.0  # prior precision of the linear kind's weights; 0: by the labelled set's shape (kinds.linear)
     # The linear kind's hashed word n-grams beside the embedding (backend/al/lexical.py): their scale grows
     # with the labels per class up to this cap (kinds.linear.lexical_scale); 0: the embedding alone.
@@ -74,6 +81,9 @@ class EngineConfig:
             raise ValueError(f"cold_start must be one of {', '.join(COLD_STARTS)}, got {self.cold_start!r}")
         if self.propagation not in PROPAGATIONS:
             raise ValueError(f"propagation must be one of {', '.join(PROPAGATIONS)}, got {self.propagation!r}")
+        if self.propagation_check not in PROPAGATION_CHECKS:
+            raise ValueError(f"propagation_check must be one of {', '.join(PROPAGATION_CHECKS)}, "
+                             f"got {self.propagation_check!r}")
         if self.mc_samples < 1:
             raise ValueError(f"mc_samples must be >= 1, got {self.mc_samples}")
         if self.mc_layers < 0:

@@ -27,6 +27,7 @@ from backend.al.encoder import TextEncoder, encoder_identity, pick_device, resol
 from backend.al.kinds import AUTO, choose_kind, kind_class
 from backend.al.kinds.base import Model, ModelKind, Progress
 from backend.al.neighbours import NeighbourCache
+from backend.al.propagation import Check, checkable
 from backend.al.ranking import COLD_START, Ranking, TaskScores, order_pool
 from backend.al.snapshots import Snapshots
 from backend.al.zeroshot import label_prompt, zero_shot_scores
@@ -218,11 +219,14 @@ class ActiveLearner:
         previous: Model | None = None,
         progress: Progress | None = None,
         pool: Sequence[str] = (),
+        check: Check | None = None,
     ) -> Model:
         """Train a model of the configured kind; warm-starts from `previous` when configured.
 
         ``pool``: the project's unlabelled texts, which the ``linear`` kind may draw pseudo-labels
-        from (``EngineConfig.propagation``); the other kinds ignore them.
+        from (``EngineConfig.propagation``); the other kinds ignore them. ``check``: with
+        ``propagation_check`` ``deferred``, the verdict :meth:`check_propagation` gave on an earlier
+        labelled set (None: not checked yet, so no pseudo-labels).
         """
         classes = list(classes)
         targets = encode_targets(labels, classes, multilabel)
@@ -233,7 +237,27 @@ class ActiveLearner:
             raise NotEnoughLabels(f"need labels of at least 2 classes to train, got {present}")
         name = self.training_kind(targets)
         warm = previous if self.config.warm_start and self._compatible(previous, classes, multilabel, name) else None
-        return self.kind(name).fit(texts, targets, classes, multilabel, warm, progress, pool=pool)
+        return self.kind(name).fit(texts, targets, classes, multilabel, warm, progress, pool=pool, check=check)
+
+    def check_propagation(self, texts: Sequence[str], labels: Sequence[str] | Sequence[Sequence[str]],
+                          classes: Sequence[str], multilabel: bool = False, pool: Sequence[str] = (),
+                          progress: Progress | None = None) -> Check | None:
+        """``PROPAGATION=auto``'s k-fold check on these labels and ``pool``, for a later :meth:`fit`
+        (``propagation_check`` ``deferred``); None where that fit would not use a check (see
+        :meth:`defers_check`), and then nothing is read."""
+        targets = encode_targets(labels, list(classes), multilabel)
+        kind = self.kind(self.training_kind(targets))
+        run = getattr(kind, "check_propagation", None)
+        return run(texts, targets, multilabel, pool, progress) if run is not None else None
+
+    def defers_check(self, model: Model) -> bool:
+        """Whether the next fit after ``model`` wants a :meth:`check_propagation` run on ``model``'s labels:
+        ``PROPAGATION=auto`` checked ``deferred``, a kind that propagates, single-label, and (with
+        ``model.n_train`` labels) at least ``propagation.FOLDS`` labels a class."""
+        cfg = self.config
+        return (cfg.propagation == "auto" and cfg.propagation_check == "deferred" and not model.multilabel
+                and getattr(self.kind(model.kind), "propagates", False)
+                and checkable(model.n_train, len(model.classes)))
 
     def training_kind(self, targets: torch.Tensor) -> str:
         """The kind :meth:`fit` trains for targets (N, C): the configured mode, or with ``auto`` the

@@ -156,6 +156,11 @@ class Check:
     def helps(self) -> bool:
         return self.spread_correct > self.plain_correct
 
+    def as_list(self) -> list[int]:
+        """[spread_correct, plain_correct, held_out]: as a model's stats and the worker's record keep it
+        (``Check(*values)`` reads it back). ``held_out`` is the number of labels checked."""
+        return [self.spread_correct, self.plain_correct, self.held_out]
+
 
 FitPredict = Callable[[torch.Tensor, torch.Tensor, "PseudoLabels | None"], torch.Tensor]
 """fit_predict(train_rows (L',), held_rows (H,), pseudo) -> predicted classes (H,): the classifier

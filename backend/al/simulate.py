@@ -162,16 +162,19 @@ def run_one(learner: ActiveLearner, pool: tuple[list[str], list[str]], test: tup
     test_gold = torch.tensor([classes.index(y) for y in test[1]])
     labelled = seed_set(learner, texts, classes, seed, seed_size, cold_start)
     unlabelled = sorted(set(range(len(texts))) - set(labelled))
-    rows, model, round_ = [], None, 0
+    rows, model, round_, check = [], None, 0, None
     while True:
         model = learner.fit([texts[i] for i in labelled], [answers[i] for i in labelled], classes, previous=model,
-                            pool=[texts[i] for i in unlabelled])
+                            pool=[texts[i] for i in unlabelled], check=check)
         pred = learner.predict_proba(model, test[0]).argmax(dim=1)
         rows.append({"labels": len(labelled), "accuracy": float((pred == test_gold).float().mean()),
                      "macro_f1": macro_f1(pred.tolist(), test_gold.tolist()),
                      **(trace.after_fit(learner, model) if trace else {})})
         if len(labelled) >= budget or not unlabelled:
             return rows
+        # As the service's check job after a retrain: this round's labels decide the next fit's pseudo-labels.
+        check = learner.check_propagation([texts[i] for i in labelled], [answers[i] for i in labelled], classes,
+                                          pool=[texts[i] for i in unlabelled]) if learner.defers_check(model) else None
         ranking = learner.rank(model, [texts[i] for i in unlabelled], ids=unlabelled, seed=seed * 1000 + round_)
         take = ranking.order[:min(batch_size, budget - len(labelled))].tolist()
         if learner.config.ambiguity:

@@ -1,5 +1,6 @@
 """A retrain through the real worker hands the project's unlabelled tasks to the learner for
-pseudo-labels when PROPAGATION is on, and nothing when it is off."""
+pseudo-labels when PROPAGATION is on, and nothing when it is off; with `auto` (checked deferred)
+each retrain queues the check the next one reads."""
 
 from __future__ import annotations
 
@@ -55,8 +56,63 @@ def test_the_retrain_reads_only_the_sampled_unlabelled_texts(ls, settings):
     assert again == [rest[i] for i in propagation.sample_by_digest(text_digests(rest), 7).tolist()]
     assert sum((Counter(again) & Counter(texts[i] for i in picked)).values()) == 6  # one swapped
     assert index.texts([ids[2], ids[0]]) == [texts[2], texts[0]]
-    auto = dataclasses.replace(settings, engine=dataclasses.replace(engine, propagation="auto"))
-    auto_context = WorkerContext.from_settings(auto, client_factory=ls.client)
     few = propagation.FOLDS * len(spec.classes) - 1
-    assert unlabelled_texts(auto_context, index, spec, few) == []
-    assert len(unlabelled_texts(auto_context, index, spec, few + 1)) == 7
+    inline = dataclasses.replace(settings, engine=dataclasses.replace(engine, propagation="auto",
+                                                                       propagation_check="inline"))
+    inline_context = WorkerContext.from_settings(inline, client_factory=ls.client)
+    assert unlabelled_texts(inline_context, index, spec, few) == []
+    assert len(unlabelled_texts(inline_context, index, spec, few + 1)) == 7
+    deferred = dataclasses.replace(settings, engine=dataclasses.replace(engine, propagation="auto"))
+    deferred_context = WorkerContext.from_settings(deferred, client_factory=ls.client)
+    assert unlabelled_texts(deferred_context, index, spec, few + 1) == []  # not checked yet
+    assert unlabelled_texts(deferred_context, index, spec, few + 1, propagation.Check(5, 6, 10)) == []
+    assert len(unlabelled_texts(deferred_context, index, spec, few + 1, propagation.Check(6, 5, 10))) == 7
+    assert unlabelled_texts(deferred_context, index, spec, few, propagation.Check(6, 5, 10)) == []
+
+
+def _ten_labels(ls) -> None:
+    ids = sorted(ls.tasks)
+    ls.annotations.update({i: "pos" for i in ids[:5]} | {i: "neg" for i in ids[15:20]})  # 5 a class: checkable
+
+
+def test_each_retrain_reads_the_check_its_predecessor_queued(ls, r, settings):
+    """PROPAGATION=auto checked deferred: a retrain runs no check; it queues one on its own labels, whose
+    verdict the next retrain reads; a reset forgets it."""
+    from backend import jobqueue, projects
+
+    _ten_labels(ls)
+    context = WorkerContext.from_settings(settings, client_factory=ls.client)
+    web = create_app(settings).test_client()
+    assert web.post("/setup", json={"project": "1.17", "schema": ls.label_config}).status_code == 200
+    drain(r, context)  # prepare, cold start, the first retrain (and its re-score), then its check
+    store = ModelStore(settings.model_dir / "models")
+    first = store.current(1)
+    assert store.load(1, first).stats["propagation_check"] == "not checked yet"
+    record = projects.propagation_check(r, 1)
+    assert record["version"] == first and record["check"][2] == 10 and record["classes"] == ["pos", "neg"]
+    assert ls.model_version == first  # published without waiting for the check
+    jobqueue.enqueue_retrain(r, 1, context.policy, "test")
+    drain(r, context)
+    second = store.current(1)
+    assert second != first and store.load(1, second).stats["propagation_check"] == record["check"]
+    assert projects.propagation_check(r, 1)["version"] == second
+    late = jobqueue.enqueue_check(r, 1, first, sorted(ls.annotations), ["pos"] * 10, ["pos", "neg"], context.policy)
+    drain(r, context)  # a check of a superseded version (queued late, or retried) is skipped
+    assert late.get_status() == "finished" and late.return_value() is None
+    assert projects.propagation_check(r, 1)["version"] == second
+    jobqueue.enqueue_reset(r, 1, context.policy)  # the label config changed: forget, retrain from scratch
+    drain(r, context)
+    third = store.current(1)
+    assert third != second and store.load(1, third).stats["propagation_check"] == "not checked yet"
+    assert projects.propagation_check(r, 1)["version"] == third
+
+
+def test_a_check_of_a_superseded_version_is_neither_run_nor_recorded(ls, r, settings):
+    from backend import projects
+
+    assert projects.record_propagation_check(r, 1, "p1-v0003-abcdef", [3, 2, 10], ["pos", "neg"])
+    assert not projects.record_propagation_check(r, 1, "p1-v0002-abcdef", [2, 3, 10], ["pos", "neg"])
+    assert projects.propagation_check(r, 1)["check"] == [3, 2, 10]
+    assert projects.record_propagation_check(r, 1, "p1-v0010-abcdef", [2, 3, 20], ["pos", "neg"])
+    projects.forget_propagation_check(r, 1)
+    assert projects.propagation_check(r, 1) is None

@@ -18,6 +18,7 @@ import torch
 
 from backend.al import lexical
 from backend.al.config import EngineConfig
+from backend.al.propagation import Check
 
 Progress = Callable[[int, int], None]
 """progress(done, total): called while long steps run."""
@@ -118,11 +119,13 @@ class ModelKind(Protocol):
     name: str
 
     def fit(self, texts: Sequence[str], targets: torch.Tensor, classes: list[str], multilabel: bool,
-            previous: Model | None, progress: Progress | None, pool: Sequence[str] = ()) -> Model:
+            previous: Model | None, progress: Progress | None, pool: Sequence[str] = (),
+            check: Check | None = None) -> Model:
         """Train on texts with targets (N, C) over ``classes``; warm-start from ``previous`` when given.
 
         ``pool``: unlabelled texts of the project, for kinds that learn from them (``linear``'s
-        pseudo-labels); the others ignore it.
+        pseudo-labels), and ``check`` the verdict of an earlier propagation check
+        (``EngineConfig.propagation_check``); the others ignore both.
         """
         ...
 

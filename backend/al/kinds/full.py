@@ -26,6 +26,7 @@ from torch import nn
 
 from backend.al.encoder import bf16_supported, mean_pool
 from backend.al.kinds.base import KindBase, Model, Progress, keep_masks, logits_to_probs, stats_of
+from backend.al.propagation import Check
 from backend.al.tokens import TokenCache, Tokens, budget_batches, token_budget, tokenize, tokenizer_identity
 from backend.al.training import TrainConfig, fit
 
@@ -268,7 +269,8 @@ class Kind(KindBase):
         return net
 
     def fit(self, texts: Sequence[str], targets: torch.Tensor, classes: list[str], multilabel: bool,
-            previous: Model | None, progress: Progress | None, pool: Sequence[str] = ()) -> Model:
+            previous: Model | None, progress: Progress | None, pool: Sequence[str] = (),
+            check: Check | None = None) -> Model:
         """Fine-tune the encoder and a linear layer (seeded), or continue from ``previous``."""
         net = self._network(len(classes), previous.state if previous is not None else None)
         tokens, pad = self.tokens(texts), self.tokenizer.pad_token_id or 0

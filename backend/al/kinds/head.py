@@ -16,6 +16,7 @@ from torch import nn
 
 from backend.al.blocks import by_blocks
 from backend.al.kinds.base import KindBase, Model, Progress, keep_masks, logits_to_probs, stats_of
+from backend.al.propagation import Check
 from backend.al.training import TrainConfig, fit
 
 # A head step is a few small matmuls: one thread is faster than several, 6-20x faster on a
@@ -85,7 +86,8 @@ class Kind(KindBase):
     name = "head"
 
     def fit(self, texts: Sequence[str], targets: torch.Tensor, classes: list[str], multilabel: bool,
-            previous: Model | None, progress: Progress | None, pool: Sequence[str] = ()) -> Model:
+            previous: Model | None, progress: Progress | None, pool: Sequence[str] = (),
+            check: Check | None = None) -> Model:
         """Train a fresh head (seeded), or continue from ``previous``'s weights."""
         cfg = self.backbone.config
         x = self.backbone.embed(texts)

@@ -55,6 +55,15 @@ class LinearArch:
     lexical_bits: int = 0
 
 
+@dataclass(frozen=True)
+class _Graph:
+    """Label spreading's graph over the labelled rows then ``pool_x``'s, which are its rows ``pool_rows``."""
+
+    graph: torch.Tensor
+    pool_x: Design
+    pool_rows: torch.Tensor
+
+
 LEXICAL_PRIOR = POSTERIOR_MIN_PRIOR
 """The n-gram weights' prior precision is at least this (see :func:`lexical_scale`)."""
 
@@ -145,21 +154,22 @@ class Kind(KindBase):
     lexical = True  # hashed word n-grams beside the embedding (EngineConfig.lexical, lexical_scale)
 
     def fit(self, texts: Sequence[str], targets: torch.Tensor, classes: list[str], multilabel: bool,
-            previous: Model | None, progress: Progress | None, pool: Sequence[str] = ()) -> Model:
+            previous: Model | None, progress: Progress | None, pool: Sequence[str] = (),
+            check: propagation.Check | None = None) -> Model:
         """Fit from scratch (convex: a warm start would reach the same optimum, so ``previous`` is unused).
 
         ``pool``: unlabelled texts; with ``propagation`` on (or ``auto`` and the check passing) the
         ones label spreading labels confidently join the fit as pseudo-labels (:func:`propagate`).
+        ``check``: with ``propagation_check`` ``deferred``, the verdict of :meth:`check_propagation`
+        on an earlier labelled set (None: not checked yet, no pseudo-labels).
         """
         cfg = self.backbone.config
         targets = targets.float().cpu()
         l2 = self.l2(len(texts), targets.shape[1])
-        scale = lexical_scale(l2, cfg.lexical) if self.lexical else 0.0
-        digests = text_digests(texts)
-        x = features(self.backbone, texts, scale, digests=digests, pool=False)  # the labelled set grows
+        scale, digests, x = self._design(texts, l2)
         weights = class_weights(targets, multilabel) if self.class_weighted else None
         items = None if weights is None or multilabel else targets @ weights
-        pseudo, spread_stats = self.propagate(x, digests, targets, multilabel, pool, scale, progress)
+        pseudo, spread_stats = self.propagate(x, digests, targets, multilabel, pool, scale, progress, check)
         if pseudo is not None:
             px, pt, pw = pseudo
             w, b, fit_stats = fit_logistic(x.cat(px), torch.cat([targets, pt]), False, l2,
@@ -190,8 +200,15 @@ class Kind(KindBase):
                      state={"weights": sampled.contiguous(), "bias": b.float()}, n_train=len(texts),
                      arch=asdict(arch), stats=stats_of(targets, False, {**fit_stats, **spread_stats}))
 
+    def _design(self, texts: Sequence[str], l2: float) -> tuple[float, np.ndarray, Design]:
+        """(n-gram scale, the texts' digests, their training rows) for a labelled set at prior ``l2``."""
+        scale = lexical_scale(l2, self.backbone.config.lexical) if self.lexical else 0.0
+        digests = text_digests(texts)
+        return scale, digests, features(self.backbone, texts, scale, digests=digests, pool=False)  # the set grows
+
     def propagate(self, x: Design, digests: np.ndarray, targets: torch.Tensor, multilabel: bool,
-                  pool: Sequence[str], scale: float, progress: Progress | None
+                  pool: Sequence[str], scale: float, progress: Progress | None,
+                  check: propagation.Check | None = None
                   ) -> tuple[tuple[Design, torch.Tensor, torch.Tensor] | None, dict]:
         """Pseudo-labels from label spreading over the labelled texts (training rows x, their texts'
         ``digests``) and ``pool``; the graph is the embeddings' (``x.dense``; its k-NN lists are kept
@@ -201,50 +218,82 @@ class Kind(KindBase):
         Returns ((training rows (P), one-hot targets (P, C), weights (P,)) or None, stats). None when
         the kind does not propagate, ``propagation`` is off, the targets are multi-label, the pool
         is empty, or (``auto``) when there are fewer than ``propagation.FOLDS`` labels a class
-        (:func:`backend.al.propagation.checkable`; the pool is then not read), or when the fit with the
-        pseudo-labels labels held-out labels no better
-        than without them (:func:`backend.al.propagation.helps`). At most ``propagation_pool`` pool texts (those
-        with the smallest digests, :func:`backend.al.propagation.sample_by_digest`) go into the graph.
+        (:func:`backend.al.propagation.checkable`; the pool is then not read), or when the check
+        says the fit with the pseudo-labels labels held-out labels no better than without them
+        (:func:`backend.al.propagation.helps`): run here with ``propagation_check`` ``inline``, the
+        given ``check`` with ``deferred`` (None: not checked yet; the pool is then not read either).
+        At most ``propagation_pool`` pool texts (those with the smallest digests,
+        :func:`backend.al.propagation.sample_by_digest`) go into the graph.
         """
         cfg = self.backbone.config
-        if not self.propagates or cfg.propagation == "off" or multilabel or len(pool) == 0:
+        if not self.propagates or cfg.propagation == "off" or multilabel:
             return None, {}
         if cfg.propagation == "auto" and not propagation.checkable(len(x), targets.shape[1]):
             return None, {"propagation_check": "fewer labels a class than folds", "pseudo_labels": 0}
+        deferred = cfg.propagation == "auto" and cfg.propagation_check == "deferred"
+        if deferred and check is None:  # the worker then sends no pool
+            return None, {"propagation_check": "not checked yet", "pseudo_labels": 0}
+        if deferred and not check.helps:
+            return None, {"propagation_check": check.as_list(), "pseudo_labels": 0}
+        if len(pool) == 0:
+            return None, {}
+        graph = self._graph(x, digests, pool, scale, progress)
+        stats: dict = {"propagation_pool": len(graph.pool_x)}
+        if cfg.propagation == "auto":
+            if not deferred:
+                check = self._check(x, targets, graph)
+            stats["propagation_check"] = check.as_list()
+            if not check.helps:
+                return None, {**stats, "pseudo_labels": 0}
+        labels, n_classes = targets.argmax(dim=1), targets.shape[1]
+        f = propagation.spread(graph.graph, torch.arange(len(x)), labels, n_classes)
+        pseudo = propagation.pseudo_labels(f, graph.pool_rows)
+        stats["pseudo_labels"] = int(pseudo.rows.numel())
+        if pseudo.rows.numel() == 0:
+            return None, stats
+        return pseudo_rows(graph.pool_x, pseudo, len(x), len(x), n_classes), stats
+
+    def check_propagation(self, texts: Sequence[str], targets: torch.Tensor, multilabel: bool,
+                          pool: Sequence[str], progress: Progress | None = None) -> propagation.Check | None:
+        """The k-fold check of :meth:`propagate` (``auto``) alone, on these labels and ``pool``; None
+        where ``auto`` would not check (the kind does not propagate, ``propagation`` is not ``auto``,
+        multi-label targets, an empty pool, fewer than ``propagation.FOLDS`` labels a class)."""
+        cfg = self.backbone.config
+        targets = targets.float().cpu()
+        if (not self.propagates or cfg.propagation != "auto" or multilabel or len(pool) == 0
+                or not propagation.checkable(len(texts), targets.shape[1])):
+            return None
+        scale, digests, x = self._design(texts, self.l2(len(texts), targets.shape[1]))
+        return self._check(x, targets, self._graph(x, digests, pool, scale, progress))
+
+    def _graph(self, x: Design, digests: np.ndarray, pool: Sequence[str], scale: float,
+               progress: Progress | None) -> _Graph:
+        """The k-NN graph of the labelled rows ``x`` (first) and at most ``propagation_pool`` of ``pool``."""
         pool_digests = text_digests(pool)
-        rows = propagation.sample_by_digest(pool_digests, cfg.propagation_pool)
+        rows = propagation.sample_by_digest(pool_digests, self.backbone.config.propagation_pool)
         pool_texts = [pool[i] for i in rows.tolist()]
         pool_digests = pool_digests[rows.numpy()]
         pool_x = features(self.backbone, pool_texts, scale, progress=progress, digests=pool_digests)
         near = self.backbone.neighbours(torch.cat([x.dense, pool_x.dense]), np.concatenate([digests, pool_digests]),
                                         propagation.NEIGHBOURS)
-        graph = propagation.graph_of(*near)
-        seeds, labels, n_classes = torch.arange(len(x)), targets.argmax(dim=1), targets.shape[1]
-        stats: dict = {"propagation_pool": len(pool_x)}
-        pool_rows = torch.arange(len(x), len(x) + len(pool_x))
-        if cfg.propagation == "auto":
-            held_x = x.to_dense()
+        return _Graph(propagation.graph_of(*near), pool_x, torch.arange(len(x), len(x) + len(pool_x)))
 
-            def fit_predict(train: torch.Tensor, held: torch.Tensor,
-                            pseudo: propagation.PseudoLabels | None) -> torch.Tensor:
-                rows, t = x.take(train), targets[train]
-                item, l2 = self.item_weights(t), self.l2(len(train), n_classes)
-                if pseudo is not None and pseudo.rows.numel():
-                    px, pt, pw = pseudo_rows(pool_x, pseudo, len(x), len(train), n_classes)
-                    rows, t, item = rows.cat(px), torch.cat([t, pt]), torch.cat([item, pw])
-                w, b, _ = fit_logistic(rows, t, False, l2, items=item)
-                return (held_x[held].double() @ w + b).argmax(dim=1)
+    def _check(self, x: Design, targets: torch.Tensor, graph: _Graph) -> propagation.Check:
+        """:func:`backend.al.propagation.helps` for training rows x with targets, this kind's fit on both sides."""
+        held_x, n_classes = x.to_dense(), targets.shape[1]
 
-            check = propagation.helps(graph, seeds, labels, n_classes, fit_predict, cfg.seed, pool_rows)
-            stats["propagation_check"] = [check.spread_correct, check.plain_correct, check.held_out]
-            if not check.helps:
-                return None, {**stats, "pseudo_labels": 0}
-        f = propagation.spread(graph, seeds, labels, n_classes)
-        pseudo = propagation.pseudo_labels(f, pool_rows)
-        stats["pseudo_labels"] = int(pseudo.rows.numel())
-        if pseudo.rows.numel() == 0:
-            return None, stats
-        return pseudo_rows(pool_x, pseudo, len(x), len(x), n_classes), stats
+        def fit_predict(train: torch.Tensor, held: torch.Tensor,
+                        pseudo: propagation.PseudoLabels | None) -> torch.Tensor:
+            rows, t = x.take(train), targets[train]
+            item, l2 = self.item_weights(t), self.l2(len(train), n_classes)
+            if pseudo is not None and pseudo.rows.numel():
+                px, pt, pw = pseudo_rows(graph.pool_x, pseudo, len(x), len(train), n_classes)
+                rows, t, item = rows.cat(px), torch.cat([t, pt]), torch.cat([item, pw])
+            w, b, _ = fit_logistic(rows, t, False, l2, items=item)
+            return (held_x[held].double() @ w + b).argmax(dim=1)
+
+        return propagation.helps(graph.graph, torch.arange(len(x)), targets.argmax(dim=1), n_classes, fit_predict,
+                                 self.backbone.config.seed, graph.pool_rows)
 
     def item_weights(self, targets: torch.Tensor) -> torch.Tensor:
         """Single-label items' training weights (N,): by inverse class frequency, or 1 when unweighted."""

@@ -11,13 +11,15 @@ from typing import Sequence
 import torch
 
 from backend.al.kinds.base import KindBase, Model, Progress, logits_to_probs, stats_of
+from backend.al.propagation import Check
 
 
 class Kind(KindBase):
     name = "centroid"
 
     def fit(self, texts: Sequence[str], targets: torch.Tensor, classes: list[str], multilabel: bool,
-            previous: Model | None, progress: Progress | None, pool: Sequence[str] = ()) -> Model:
+            previous: Model | None, progress: Progress | None, pool: Sequence[str] = (),
+            check: Check | None = None) -> Model:
         x = self.backbone.embed(texts)  # the pool's texts are not used by this kind
         centroids = (targets.T @ x) / targets.sum(dim=0).clamp_min(1).unsqueeze(1)  # (C, D)
         return Model(classes=list(classes), multilabel=multilabel, encoder=self.backbone.identity,

@@ -157,17 +157,25 @@ def chains(per: int = 100) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return F.normalize(torch.cat([a, b]), dim=1), torch.arange(2).repeat_interleave(per), labelled
 
 
-def _fit(setting: str, data=None, kind: str = "linear", multilabel: bool = False):
+def _problem(setting: str, data=None, kind: str = "linear", check_when: str = "inline"):
+    """(the kind on a ClusterBackbone, labelled texts, their one-hot targets, the pool's texts, classes)."""
     x, y, labelled = data if data is not None else (*clusters(200, 4, 16, 0.25, 4), None)
     n, c, per = len(y), int(y.max()) + 1, len(y) // 4
     if labelled is None:
         labelled = torch.tensor([j * per + i for j in range(4) for i in (5, per // 2, per - 5)])  # 3 in each quarter
     pool = [str(i) for i in range(n) if i not in set(labelled.tolist())]
-    backbone = ClusterBackbone(dataclasses.replace(EngineConfig(), propagation=setting, propagation_pool=300), x)
-    targets = F.one_hot(y[labelled], c).float()
-    model = kind_class(kind)(backbone).fit([str(i) for i in labelled.tolist()], targets, list("ABCD")[:c],
-                                           multilabel, None, None, pool=pool)
-    return model, backbone
+    config = dataclasses.replace(EngineConfig(), propagation=setting, propagation_pool=300,
+                                 propagation_check=check_when)
+    backbone = ClusterBackbone(config, x)
+    return (kind_class(kind)(backbone), [str(i) for i in labelled.tolist()], F.one_hot(y[labelled], c).float(),
+            pool, list("ABCD")[:c])
+
+
+def _fit(setting: str, data=None, kind: str = "linear", multilabel: bool = False, check_when: str = "inline",
+         check: propagation.Check | None = None):
+    model_kind, texts, targets, pool, classes = _problem(setting, data, kind, check_when)
+    model = model_kind.fit(texts, targets, classes, multilabel, None, None, pool=pool, check=check)
+    return model, model_kind.backbone
 
 
 def test_auto_adds_pseudo_labels_only_where_they_win_the_check():
@@ -222,3 +230,76 @@ def test_the_check_fits_side_by_side_give_what_they_give_one_after_the_other():
     one, four = results
     assert one.stats == four.stats and one.stats["propagation_check"][2] == 12
     assert torch.equal(one.state["weights"], four.state["weights"])
+
+
+def test_a_deferred_check_is_the_inline_one_run_apart_and_the_fit_that_reads_it_runs_none(monkeypatch):
+    inline, _ = _fit("auto", chains(100))
+    model_kind, texts, targets, pool, classes = _problem("auto", chains(100), check_when="deferred")
+    check = model_kind.check_propagation(texts, targets, False, pool)
+    assert check.as_list() == inline.stats["propagation_check"] and check.helps
+
+    def no_check(*args, **kwargs):
+        raise AssertionError("a deferred fit ran the check")
+
+    monkeypatch.setattr(propagation, "helps", no_check)
+    deferred = model_kind.fit(texts, targets, classes, False, None, None, pool=pool, check=check)
+    assert deferred.stats == inline.stats and deferred.stats["pseudo_labels"] == 188
+    assert torch.equal(deferred.state["weights"], inline.state["weights"])
+
+
+def test_a_deferred_fit_without_a_passing_check_never_reads_the_pool():
+    unchecked, backbone = _fit("auto", chains(100), check_when="deferred")
+    assert unchecked.stats["propagation_check"] == "not checked yet" and unchecked.stats["pseudo_labels"] == 0
+    assert backbone.embedded == [12]  # the labelled texts only: no graph
+    failed = propagation.Check(9, 10, 12)
+    model, backbone = _fit("auto", chains(100), check_when="deferred", check=failed)
+    assert model.stats["propagation_check"] == [9, 10, 12] and model.stats["pseudo_labels"] == 0
+    assert backbone.embedded == [12]
+    plain, _ = _fit("off", chains(100))
+    assert torch.equal(model.state["weights"], plain.state["weights"])  # the labels alone
+    model, _ = _fit("on", chains(100), check_when="deferred", check=failed)  # on: no check is read
+    assert model.stats["pseudo_labels"] == 188 and "propagation_check" not in model.stats
+
+
+def test_the_check_is_only_run_where_auto_would_use_it():
+    for setting, kind, multilabel in (("on", "linear", False), ("off", "linear", False),
+                                      ("auto", "reference", False), ("auto", "linear", True)):
+        model_kind, texts, targets, pool, _ = _problem(setting, chains(100), kind, "deferred")
+        assert model_kind.check_propagation(texts, targets, multilabel, pool) is None
+        assert model_kind.backbone.embedded == []
+    model_kind, texts, targets, pool, _ = _problem("auto", kind="linear", check_when="deferred")
+    assert model_kind.check_propagation(texts, targets, False, pool) is None  # 3 labels a class
+    assert model_kind.check_propagation(texts, targets, False, []) is None
+    with pytest.raises(ValueError, match="propagation_check must be one of deferred, inline"):
+        EngineConfig(propagation_check="later")
+
+
+@pytest.mark.parametrize("check_when", ["deferred", "inline"])
+def test_the_simulation_fits_each_round_with_the_previous_rounds_check(check_when, agnews_pool, tiny_bert, tmp_path):
+    from backend.al.learner import ActiveLearner
+    from backend.al.simulate import run_one
+
+    texts, labels = agnews_pool
+    config = dataclasses.replace(EngineConfig(), encoder=str(tiny_bert), mode="linear", propagation_check=check_when)
+    learner = ActiveLearner(config, tmp_path / "cache")
+    passed, checked = [], []
+    fit, check_propagation = learner.fit, learner.check_propagation
+
+    def recording_fit(*args, **kwargs):
+        passed.append(kwargs["check"])
+        return fit(*args, **kwargs)
+
+    def recording_check(*args, **kwargs):
+        checked.append((len(args[0]), check_propagation(*args, **kwargs)))
+        return checked[-1][1]
+
+    learner.fit, learner.check_propagation = recording_fit, recording_check
+    rows = run_one(learner, (texts[:150], labels[:150]), (texts[6000:6040], labels[6000:6040]),
+                   sorted(set(labels)), seed=1, seed_size=20, batch_size=20, budget=60)
+    assert [r["labels"] for r in rows] == [20, 40, 60]
+    if check_when == "inline":
+        assert passed == [None, None, None] and checked == []
+        return
+    assert [n for n, _ in checked] == [20, 40]  # after every fit but the last, on its labels
+    assert passed == [None] + [c for _, c in checked]
+    assert all(isinstance(c, propagation.Check) and c.held_out == n for n, c in checked)
