@@ -322,7 +322,22 @@ def round_(stack: Stack, api, pid: int, labels: dict[int, str], before_trigger=N
 
     version = stack.wait(switched, 3600, "new priorities live", interval=0.05)
     assert live_version(api, pid) == version, "LS does not sample by the version the service recorded as live"
-    return {**split(stack, pid, trigger, version), "trigger annotation POST": round(annotated, 3)}
+    return {**split(stack, pid, trigger, version), "trigger annotation POST": round(annotated, 3),
+            **background_check(stack, pid, version)}
+
+
+def background_check(stack: Stack, pid: int, version: str) -> dict:
+    """The propagation check the retrain of ``version`` queued (PROPAGATION_CHECK=deferred), which runs
+    after the round, while annotators label: its duration and verdict ({} when none was queued)."""
+    jobs = [job for job in Job.fetch_many(projects.recent_jobs(stack.r, pid), connection=stack.r)
+            if job is not None and job.func_name == "workers.training.check_propagation" and job.args[1] == version]
+    if not jobs:
+        return {}
+    job = jobs[0]
+    stack.wait(lambda: job.get_status() in (JobStatus.FINISHED, JobStatus.FAILED), 600, "propagation check")
+    job.refresh()
+    return {"check job after the round (s)": round(job.ended_at.timestamp() - job.started_at.timestamp(), 3),
+            "check": job.return_value()}
 
 
 def _job(stack: Stack, pid: int, func: str, after: float) -> Job:
@@ -401,6 +416,9 @@ def show(name: str, t: dict) -> None:
           f"{t['score']:5.2f} + publish {t['publish']:6.2f} (import {t['rescore: import']:.2f}, switch "
           f"{t['rescore: switch']:.2f}) + other {t['other']:5.2f}; {t['published']} predictions; the trigger "
           f"annotation's POST took {t['trigger annotation POST']:.2f} s", flush=True)
+    if "check" in t:
+        print("      after the round (annotators' time): the propagation check job "
+              f"{t['check job after the round (s)']:.2f} s, counts {t['check']}", flush=True)
     other = {k: v for k, v in t.items() if isinstance(v, float) and (
         k.endswith(("engine init", "besides LS reads)", "save model", "load model", "rest", "module)"))
         or "->" in k)}

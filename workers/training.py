@@ -60,7 +60,8 @@ def unlabelled_texts(context: WorkerContext, index, spec, n_labels: int, check=N
     that the learner would draw from the whole pool (``propagation.sample_by_digest``: the smallest
     digests), so a large project reads only those texts. None when propagation is off, the config is
     multi-label, or (``auto``) the labels are too few a class for its check, or (``auto``, checked
-    ``deferred``) when the recorded ``check`` is missing or turned the pseudo-labels away."""
+    ``deferred``) when the recorded ``check`` turned the pseudo-labels away (without one the fit
+    checks its own labels, and reads the pool for that)."""
     engine = context.settings.engine
     if engine.propagation == "off" or spec.multilabel:
         return []
@@ -68,7 +69,8 @@ def unlabelled_texts(context: WorkerContext, index, spec, n_labels: int, check=N
 
     if engine.propagation == "auto" and not propagation.checkable(n_labels, len(spec.classes)):
         return []
-    if engine.propagation == "auto" and engine.propagation_check == "deferred" and (check is None or not check.helps):
+    deferred = engine.propagation == "auto" and engine.propagation_check == "deferred"
+    if deferred and check is not None and not check.helps:
         return []
     return index.sample_unlabelled(engine.propagation_pool)
 
@@ -125,7 +127,7 @@ def _train(context: WorkerContext, r: Redis, project_id: int) -> str | None:
         projects.set_trained_count(r, project_id, count)
         log.info("project %s: no usable annotations yet, nothing to train", project_id)
         return None
-    from backend.al.learner import NotEnoughLabels
+    from backend.al.learner import NotEnoughLabels, check_made
 
     store, spec = context.store, project.spec
     current = store.current(project_id) if context.settings.engine.warm_start else None
@@ -143,7 +145,11 @@ def _train(context: WorkerContext, r: Redis, project_id: int) -> str | None:
     version = store.save(project_id, model)
     audits.set_version_labels(r, project_id, version, len(texts))
     projects.set_trained_count(r, project_id, count)
-    if context.learner.defers_check(model):  # for the next retrain, after this version's re-score
-        jobqueue.enqueue_check(r, project_id, version, ids, labels, spec.classes, context.policy)
+    if context.learner.defers_check(model):  # the check on these labels, for the next retrain
+        made = check_made(model)  # the fit's own (none was recorded), else a job after this version's re-score
+        if made is not None:
+            projects.record_propagation_check(r, project_id, version, made.as_list(), spec.classes)
+        else:
+            jobqueue.enqueue_check(r, project_id, version, ids, labels, spec.classes, context.policy)
     log.info("project %s: trained %s on %d annotations", project_id, version, len(texts))
     return version

@@ -226,7 +226,8 @@ class ActiveLearner:
         ``pool``: the project's unlabelled texts, which the ``linear`` kind may draw pseudo-labels
         from (``EngineConfig.propagation``); the other kinds ignore them. ``check``: with
         ``propagation_check`` ``deferred``, the verdict :meth:`check_propagation` gave on an earlier
-        labelled set (None: not checked yet, so no pseudo-labels).
+        labelled set (None: none yet, so the fit runs the check on its own labels, and says so in its
+        stats, ``propagation_checked_here``).
         """
         classes = list(classes)
         targets = encode_targets(labels, classes, multilabel)
@@ -251,9 +252,10 @@ class ActiveLearner:
         return run(texts, targets, multilabel, pool, progress) if run is not None else None
 
     def defers_check(self, model: Model) -> bool:
-        """Whether the next fit after ``model`` wants a :meth:`check_propagation` run on ``model``'s labels:
-        ``PROPAGATION=auto`` checked ``deferred``, a kind that propagates, single-label, and (with
-        ``model.n_train`` labels) at least ``propagation.FOLDS`` labels a class."""
+        """Whether the next fit after ``model`` wants a check on ``model``'s labels: ``PROPAGATION=auto``
+        checked ``deferred``, a kind that propagates, single-label, and (with ``model.n_train``
+        labels) at least ``propagation.FOLDS`` labels a class. It is :func:`check_made` when the fit
+        ran it, else :meth:`check_propagation`'s to run."""
         cfg = self.config
         return (cfg.propagation == "auto" and cfg.propagation_check == "deferred" and not model.multilabel
                 and getattr(self.kind(model.kind), "propagates", False)
@@ -339,6 +341,12 @@ class ActiveLearner:
         scored = self.score(model, texts, ids, seed, progress, label_names)
         embeddings = self.rows(texts)[0] if self.needs_embeddings(scored) else None
         return self.order(scored, embeddings, seed)
+
+
+def check_made(model: Model) -> Check | None:
+    """The propagation check ``model``'s fit ran on its own labels (no earlier one was given), else None."""
+    counts = model.stats.get("propagation_check")
+    return Check(*counts) if model.stats.get("propagation_checked_here") and isinstance(counts, list) else None
 
 
 def _ids(ids: Ids, n: int) -> torch.Tensor:

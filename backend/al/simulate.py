@@ -47,7 +47,7 @@ import torch
 from backend.al.acquisition import STRATEGIES
 from backend.al.audit import AuditItem, macro_f1
 from backend.al.datasets import load_tsv
-from backend.al.learner import ActiveLearner, EngineConfig, Model, Ranking
+from backend.al.learner import ActiveLearner, EngineConfig, Model, Ranking, check_made
 from backend.al.stopping import STOP, StoppingRule, cohens_kappa, stop_set, stopping_signal
 
 PLAIN = {"power_beta": 0.0, "diversity_clusters": 0, "exploration": 0.0}
@@ -172,9 +172,13 @@ def run_one(learner: ActiveLearner, pool: tuple[list[str], list[str]], test: tup
                      **(trace.after_fit(learner, model) if trace else {})})
         if len(labelled) >= budget or not unlabelled:
             return rows
-        # As the service's check job after a retrain: this round's labels decide the next fit's pseudo-labels.
-        check = learner.check_propagation([texts[i] for i in labelled], [answers[i] for i in labelled], classes,
-                                          pool=[texts[i] for i in unlabelled]) if learner.defers_check(model) else None
+        # As the service does after a retrain: this round's labels decide the next fit's pseudo-labels (the
+        # check the fit ran itself when it had none, else the check job's).
+        check = None
+        if learner.defers_check(model):
+            check = check_made(model) or learner.check_propagation(
+                [texts[i] for i in labelled], [answers[i] for i in labelled], classes,
+                pool=[texts[i] for i in unlabelled])
         ranking = learner.rank(model, [texts[i] for i in unlabelled], ids=unlabelled, seed=seed * 1000 + round_)
         take = ranking.order[:min(batch_size, budget - len(labelled))].tolist()
         if learner.config.ambiguity:

@@ -64,7 +64,7 @@ def test_the_retrain_reads_only_the_sampled_unlabelled_texts(ls, settings):
     assert len(unlabelled_texts(inline_context, index, spec, few + 1)) == 7
     deferred = dataclasses.replace(settings, engine=dataclasses.replace(engine, propagation="auto"))
     deferred_context = WorkerContext.from_settings(deferred, client_factory=ls.client)
-    assert unlabelled_texts(deferred_context, index, spec, few + 1) == []  # not checked yet
+    assert len(unlabelled_texts(deferred_context, index, spec, few + 1)) == 7  # no check yet: the fit checks
     assert unlabelled_texts(deferred_context, index, spec, few + 1, propagation.Check(5, 6, 10)) == []
     assert len(unlabelled_texts(deferred_context, index, spec, few + 1, propagation.Check(6, 5, 10))) == 7
     assert unlabelled_texts(deferred_context, index, spec, few, propagation.Check(6, 5, 10)) == []
@@ -76,26 +76,31 @@ def _ten_labels(ls) -> None:
 
 
 def test_each_retrain_reads_the_check_its_predecessor_queued(ls, r, settings):
-    """PROPAGATION=auto checked deferred: a retrain runs no check; it queues one on its own labels, whose
-    verdict the next retrain reads; a reset forgets it."""
+    """PROPAGATION=auto checked deferred: the first retrain with enough labels checks them itself and
+    records it; later ones run no check, they read the recorded one and queue one on their own labels
+    for the next; a reset forgets it."""
     from backend import jobqueue, projects
 
     _ten_labels(ls)
     context = WorkerContext.from_settings(settings, client_factory=ls.client)
     web = create_app(settings).test_client()
     assert web.post("/setup", json={"project": "1.17", "schema": ls.label_config}).status_code == 200
-    drain(r, context)  # prepare, cold start, the first retrain (and its re-score), then its check
+    drain(r, context)  # prepare, cold start, the first retrain (and its re-score)
     store = ModelStore(settings.model_dir / "models")
     first = store.current(1)
-    assert store.load(1, first).stats["propagation_check"] == "not checked yet"
+    stats = store.load(1, first).stats
+    assert stats["propagation_checked_here"] and stats["propagation_check"][2] == 10
     record = projects.propagation_check(r, 1)
-    assert record["version"] == first and record["check"][2] == 10 and record["classes"] == ["pos", "neg"]
-    assert ls.model_version == first  # published without waiting for the check
+    assert record == {"version": first, "check": stats["propagation_check"], "classes": ["pos", "neg"]}
+    checks = [j for j in jobqueue.project_jobs(r, 1) if j["description"].startswith("propagation check")]
+    assert checks == []  # the fit's own check is recorded: no job
     jobqueue.enqueue_retrain(r, 1, context.policy, "test")
-    drain(r, context)
+    drain(r, context)  # the retrain, its re-score, then the check job on its labels
     second = store.current(1)
-    assert second != first and store.load(1, second).stats["propagation_check"] == record["check"]
+    stats = store.load(1, second).stats
+    assert second != first and stats["propagation_check"] == record["check"] and not stats["propagation_checked_here"]
     assert projects.propagation_check(r, 1)["version"] == second
+    assert ls.model_version == second
     late = jobqueue.enqueue_check(r, 1, first, sorted(ls.annotations), ["pos"] * 10, ["pos", "neg"], context.policy)
     drain(r, context)  # a check of a superseded version (queued late, or retried) is skipped
     assert late.get_status() == "finished" and late.return_value() is None
@@ -103,7 +108,7 @@ def test_each_retrain_reads_the_check_its_predecessor_queued(ls, r, settings):
     jobqueue.enqueue_reset(r, 1, context.policy)  # the label config changed: forget, retrain from scratch
     drain(r, context)
     third = store.current(1)
-    assert third != second and store.load(1, third).stats["propagation_check"] == "not checked yet"
+    assert third != second and store.load(1, third).stats["propagation_checked_here"]  # none recorded: its own
     assert projects.propagation_check(r, 1)["version"] == third
 
 

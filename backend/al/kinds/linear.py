@@ -161,7 +161,7 @@ class Kind(KindBase):
         ``pool``: unlabelled texts; with ``propagation`` on (or ``auto`` and the check passing) the
         ones label spreading labels confidently join the fit as pseudo-labels (:func:`propagate`).
         ``check``: with ``propagation_check`` ``deferred``, the verdict of :meth:`check_propagation`
-        on an earlier labelled set (None: not checked yet, no pseudo-labels).
+        on an earlier labelled set (None: none made yet, so the fit checks its own labels).
         """
         cfg = self.backbone.config
         targets = targets.float().cpu()
@@ -220,8 +220,9 @@ class Kind(KindBase):
         is empty, or (``auto``) when there are fewer than ``propagation.FOLDS`` labels a class
         (:func:`backend.al.propagation.checkable`; the pool is then not read), or when the check
         says the fit with the pseudo-labels labels held-out labels no better than without them
-        (:func:`backend.al.propagation.helps`): run here with ``propagation_check`` ``inline``, the
-        given ``check`` with ``deferred`` (None: not checked yet; the pool is then not read either).
+        (:func:`backend.al.propagation.helps`): with ``propagation_check`` ``deferred`` the given
+        ``check`` (made on an earlier labelled set; the pool is not read when it failed), else (``inline``,
+        or no check made yet) run here on these labels.
         At most ``propagation_pool`` pool texts (those with the smallest digests,
         :func:`backend.al.propagation.sample_by_digest`) go into the graph.
         """
@@ -230,11 +231,9 @@ class Kind(KindBase):
             return None, {}
         if cfg.propagation == "auto" and not propagation.checkable(len(x), targets.shape[1]):
             return None, {"propagation_check": "fewer labels a class than folds", "pseudo_labels": 0}
-        deferred = cfg.propagation == "auto" and cfg.propagation_check == "deferred"
-        if deferred and check is None:  # the worker then sends no pool
-            return None, {"propagation_check": "not checked yet", "pseudo_labels": 0}
-        if deferred and not check.helps:
-            return None, {"propagation_check": check.as_list(), "pseudo_labels": 0}
+        deferred = cfg.propagation == "auto" and cfg.propagation_check == "deferred" and check is not None
+        if deferred and not check.helps:  # the worker then sends no pool
+            return None, {"propagation_check": check.as_list(), "propagation_checked_here": False, "pseudo_labels": 0}
         if len(pool) == 0:
             return None, {}
         graph = self._graph(x, digests, pool, scale, progress)
@@ -243,6 +242,7 @@ class Kind(KindBase):
             if not deferred:
                 check = self._check(x, targets, graph)
             stats["propagation_check"] = check.as_list()
+            stats["propagation_checked_here"] = not deferred  # on these labels (else on an earlier set)
             if not check.helps:
                 return None, {**stats, "pseudo_labels": 0}
         labels, n_classes = targets.argmax(dim=1), targets.shape[1]

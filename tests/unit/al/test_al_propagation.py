@@ -243,17 +243,23 @@ def test_a_deferred_check_is_the_inline_one_run_apart_and_the_fit_that_reads_it_
 
     monkeypatch.setattr(propagation, "helps", no_check)
     deferred = model_kind.fit(texts, targets, classes, False, None, None, pool=pool, check=check)
-    assert deferred.stats == inline.stats and deferred.stats["pseudo_labels"] == 188
+    assert deferred.stats == {**inline.stats, "propagation_checked_here": False}
+    assert deferred.stats["pseudo_labels"] == 188
     assert torch.equal(deferred.state["weights"], inline.state["weights"])
 
 
-def test_a_deferred_fit_without_a_passing_check_never_reads_the_pool():
-    unchecked, backbone = _fit("auto", chains(100), check_when="deferred")
-    assert unchecked.stats["propagation_check"] == "not checked yet" and unchecked.stats["pseudo_labels"] == 0
-    assert backbone.embedded == [12]  # the labelled texts only: no graph
+def test_a_deferred_fit_with_no_check_yet_checks_its_own_labels_and_with_a_failed_one_never_reads_the_pool():
+    from backend.al.learner import check_made
+
+    inline, _ = _fit("auto", chains(100))
+    first, _ = _fit("auto", chains(100), check_when="deferred")  # no check made yet: as inline
+    assert first.stats == {**inline.stats, "propagation_checked_here": True}
+    assert torch.equal(first.state["weights"], inline.state["weights"])
+    assert check_made(first).as_list() == inline.stats["propagation_check"] == [12, 10, 12]
     failed = propagation.Check(9, 10, 12)
     model, backbone = _fit("auto", chains(100), check_when="deferred", check=failed)
-    assert model.stats["propagation_check"] == [9, 10, 12] and model.stats["pseudo_labels"] == 0
+    kept = ("propagation_check", "propagation_checked_here", "pseudo_labels")
+    assert [model.stats[k] for k in kept] == [[9, 10, 12], False, 0]
     assert backbone.embedded == [12]
     plain, _ = _fit("off", chains(100))
     assert torch.equal(model.state["weights"], plain.state["weights"])  # the labels alone
@@ -294,12 +300,22 @@ def test_the_simulation_fits_each_round_with_the_previous_rounds_check(check_whe
         return checked[-1][1]
 
     learner.fit, learner.check_propagation = recording_fit, recording_check
+    rows_check = []
+    fitted = learner.fit
+
+    def fit_and_note(*args, **kwargs):
+        model = fitted(*args, **kwargs)
+        rows_check.append(model.stats.get("propagation_check"))
+        return model
+
+    learner.fit = fit_and_note
     rows = run_one(learner, (texts[:150], labels[:150]), (texts[6000:6040], labels[6000:6040]),
                    sorted(set(labels)), seed=1, seed_size=20, batch_size=20, budget=60)
     assert [r["labels"] for r in rows] == [20, 40, 60]
     if check_when == "inline":
         assert passed == [None, None, None] and checked == []
         return
-    assert [n for n, _ in checked] == [20, 40]  # after every fit but the last, on its labels
-    assert passed == [None] + [c for _, c in checked]
-    assert all(isinstance(c, propagation.Check) and c.held_out == n for n, c in checked)
+    # after every fit but the last, on its labels: the first fit's own check, then the check "job"'s
+    assert [n for n, _ in checked] == [40]
+    assert passed[0] is None and passed[1].as_list() == rows_check[0] and passed[2] is checked[0][1]
+    assert passed[1].held_out == 20 and checked[0][1].held_out == 40
