@@ -70,14 +70,15 @@ ENGINE_VARIABLES: dict[str, tuple[str, str]] = {
     "PROPAGATION": ("propagation", "`linear` kind: add the pool texts that label spreading over a k-NN graph labels "
                                    "confidently as pseudo-labels; `auto` when a 5-fold check on the labels says the "
                                    "fit labels held-out ones better with them, `on` always, `off` never. `auto` "
-                                   "needs 5 labels a class on average (fewer: no check, no pseudo-labels); it costs a "
-                                   "retrain seconds (AG News, 10k texts, one CPU thread: 4-5 s for the first retrain "
-                                   "on a set of texts, 2-3 s for the next, which read the graph's k-NN lists kept "
-                                   "beside the embeddings; CLINC150 at 1,000 labels: 38 / 32 s)."),
+                                   "needs 5 labels a class on average (fewer: no check, no pseudo-labels). The fit "
+                                   "with the pseudo-labels costs a retrain 0.6-0.7 s (AG News, 10k texts, one CPU "
+                                   "thread; CLINC150 at 1,000 labels: 9 s), the check 1-2 s (21 s) more where it "
+                                   "runs (PROPAGATION_CHECK)."),
     "PROPAGATION_CHECK": ("propagation_check", "when `auto`'s check runs: `deferred` (after a retrain, in a job of its "
-                                               "own on its labels; the next retrain reads the verdict, so no retrain "
-                                               "waits for the check's ten fits) or `inline` (inside every retrain, on "
-                                               "its own labels)."),
+                                               "own on that retrain's labels, while annotators label; the next retrain "
+                                               "uses its verdict, so none waits for the check's ten fits; a project's "
+                                               "first retrain with 5 labels a class checks its own) or `inline` "
+                                               "(inside every retrain, on its own labels)."),
     "PROPAGATION_POOL": ("propagation_pool", "at most this many unlabelled texts join the graph: those with the "
                                              "smallest SHA-1 digests, a random sample that stays put as the pool "
                                              "changes; the graph costs O(N^2) similarity products for a new set of "
