@@ -57,6 +57,7 @@ RECONCILE_LOCK = "al:reconcile:next"
 BACKOFF = (10, 60, 300)  # seconds between retries; the last one repeats
 _WAITING = {JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED}
 _LOCK_SECONDS = 10
+SYNCED = "synced_project"  # a rescore's meta: the LS project record its retrain read (enqueue_rescore)
 _RESCORE_JOBS = ("workers.scoring.rescore", "workers.scoring.score_shard", "workers.scoring.publish_ranking")
 
 
@@ -93,7 +94,8 @@ def get_queue(r: Redis, name: str) -> Queue:
 
 def enqueue(r: Redis, queue: str, func: str, *args, policy: JobPolicy, description: str,
             timeout: int | None = None, at_front: bool = False, project: int | None = None,
-            depends_on: Dependency | Job | str | list[Job | str] | None = None, job_id: str | None = None) -> Job:
+            depends_on: Dependency | Job | str | list[Job | str] | None = None, job_id: str | None = None,
+            meta: dict | None = None) -> Job:
     """Enqueue a job function by dotted name with our options, count it, and list it under
     ``project`` (for GET /jobs?project=<id>) when it works on one.
 
@@ -104,7 +106,7 @@ def enqueue(r: Redis, queue: str, func: str, *args, policy: JobPolicy, descripti
     job = get_queue(r, queue).enqueue_call(
         func, args=args, timeout=timeout or policy.timeout, result_ttl=policy.result_ttl,
         failure_ttl=policy.failure_ttl, ttl=policy.ttl, retry=policy.retry(),
-        description=description, at_front=at_front, depends_on=depends_on, job_id=job_id,
+        description=description, at_front=at_front, depends_on=depends_on, job_id=job_id, meta=meta,
         on_success=Callback(metrics.on_job_success), on_failure=Callback(metrics.on_job_failure),
     )
     metrics.inc(r, "al_jobs_enqueued_total", {"job": func.rsplit(".", 1)[-1]})
@@ -169,15 +171,18 @@ def retrain_ended(r: Redis, project_id: int, job_id: str, policy: JobPolicy) -> 
     return follow_id
 
 
-def enqueue_rescore(r: Redis, project_id: int, version: str | None, policy: JobPolicy) -> Job:
+def enqueue_rescore(r: Redis, project_id: int, version: str | None, policy: JobPolicy,
+                    synced: dict | None = None) -> Job:
     """Score the pool with a model version (None: cold start) and publish the priorities.
 
     Enqueued at the front of the score queue: a new order goes before new-task scoring and
-    project preparation.
+    project preparation. ``synced``: LS's project record as the enqueuing job read it moments ago
+    (a retrain's), which the re-score's first attempt uses instead of reading LS again
+    (:func:`workers.scoring.rescore`).
     """
     job = enqueue(r, SCORE, "workers.scoring.rescore", int(project_id), version, policy=policy,
                   description=f"rescore project {project_id} with {version or 'cold start'}",
-                  at_front=True, project=project_id)
+                  at_front=True, project=project_id, meta={SYNCED: synced} if synced is not None else None)
     r.set(key(project_id, "rescore:latest"), job.id, ex=policy.failure_ttl)
     return job
 

@@ -111,6 +111,12 @@ class WorkerContext:
         index.sync(client, spec)
         return SyncedProject(client, info, spec, index)
 
+    def synced_project(self, r: Redis, project_id: int, info: dict) -> SyncedProject:
+        """The project as a sync that read LS's record ``info`` left it: no LS read (the task index
+        is the one on disk, which that sync brought up to date)."""
+        return SyncedProject(self.client(r, project_id), info, parse_label_config(info["label_config"]),
+                             TaskIndex(self.settings.model_dir, project_id))
+
 
 def takes_context(func):
     """Mark a job function whose first argument is the :class:`WorkerContext` our worker passes.

@@ -61,7 +61,7 @@ def rescore(context: WorkerContext, project_id: int, version: str | None) -> dic
         return {"skipped": True, "version": version, "current": current}
     name = version or projects.cold_start_version(project_id)
     with metrics.timed(r, "al_rescore_seconds"):
-        project = context.sync_project(r, project_id)
+        project = _project(context, r, project_id)
         ids, texts = project.index.unlabelled()
         if not ids:  # LS would refuse to switch to a version without predictions; nothing to order
             log.info("project %s: empty pool, nothing to publish for %s", project_id, name)
@@ -76,6 +76,23 @@ def rescore(context: WorkerContext, project_id: int, version: str | None) -> dic
         ranking = context.learner.rank(model, texts, ids=ids, progress=report_progress("scoring"),
                                        label_names=label_names)
         return _publish_ranked(context, r, project, project_id, version, ids, ranking)
+
+
+def _project(context: WorkerContext, r: Redis, project_id: int) -> SyncedProject:
+    """The project for a re-score: as the retrain that enqueued it read LS moments ago (its first
+    attempt; ``jobqueue.SYNCED`` in the job's meta), else read from LS and synced now.
+
+    The record is dropped from the meta before it is used, so any later attempt (after a failure,
+    or after the work-horse died) reads LS afresh. What reusing it may miss: tasks created in LS
+    since the retrain read it (their TASKS_CREATED job places them; the next re-score ranks them),
+    and tasks deleted since (an import that LS refuses for them fails this attempt; the retry syncs).
+    """
+    job = current_job()
+    info = job.meta.pop(jobqueue.SYNCED, None)
+    if info is None:
+        return context.sync_project(r, project_id)
+    job.save_meta()
+    return context.synced_project(r, project_id, info)
 
 
 def _publish_ranked(context: WorkerContext, r: Redis, project: SyncedProject, project_id: int,

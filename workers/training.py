@@ -28,11 +28,12 @@ def retrain(context: WorkerContext, project_id: int) -> str | None:
     jobqueue.retrain_started(r, project_id, job.id, policy)
     try:
         with metrics.timed(r, "al_retrain_seconds"):
-            version = _train(context, r, project_id)
+            version, synced = _train(context, r, project_id)
         if version is not None:
             # Before the retrain counts as ended, so a reconcile never sees the new version with
             # neither a retrain nor a rescore of it under way (and enqueues a second rescore).
-            jobqueue.enqueue_rescore(r, project_id, version, policy)
+            # The re-score's first attempt reuses this retrain's read of LS, moments old.
+            jobqueue.enqueue_rescore(r, project_id, version, policy, synced=synced)
     finally:
         jobqueue.retrain_ended(r, project_id, job.id, policy)
     return version
@@ -114,7 +115,8 @@ def check_propagation(context: WorkerContext, project_id: int, version: str, tas
     return check.as_list()
 
 
-def _train(context: WorkerContext, r: Redis, project_id: int) -> str | None:
+def _train(context: WorkerContext, r: Redis, project_id: int) -> tuple[str | None, dict]:
+    """(the new version or None, LS's project record as this retrain read it)."""
     project = context.sync_project(r, project_id)
     # Count first: an annotation made while we train leaves the count stale, so reconcile retrains.
     count = project.client.count_annotations(project_id)
@@ -126,7 +128,7 @@ def _train(context: WorkerContext, r: Redis, project_id: int) -> str | None:
     if not texts:
         projects.set_trained_count(r, project_id, count)
         log.info("project %s: no usable annotations yet, nothing to train", project_id)
-        return None
+        return None, project.info
     from backend.al.learner import NotEnoughLabels, check_made
 
     store, spec = context.store, project.spec
@@ -141,7 +143,7 @@ def _train(context: WorkerContext, r: Redis, project_id: int) -> str | None:
     except NotEnoughLabels as exc:  # not a failure: wait for more annotations (retrying won't help)
         projects.set_trained_count(r, project_id, count)
         log.info("project %s: %s", project_id, exc)
-        return None
+        return None, project.info
     version = store.save(project_id, model)
     audits.set_version_labels(r, project_id, version, len(texts))
     projects.set_trained_count(r, project_id, count)
@@ -152,4 +154,4 @@ def _train(context: WorkerContext, r: Redis, project_id: int) -> str | None:
         else:
             jobqueue.enqueue_check(r, project_id, version, ids, labels, spec.classes, context.policy)
     log.info("project %s: trained %s on %d annotations", project_id, version, len(texts))
-    return version
+    return version, project.info

@@ -223,7 +223,7 @@ def test_rounds_without_deletions_never_list_all_task_ids(web, ls, r, context):
     _set_up(web, ls)
     web.post("/webhook", json={"action": "START_TRAINING", "project": 1})
     drain(r, context)
-    assert ls.calls["count_tasks"] >= 2  # retrain and rescore both synced the index
+    assert ls.calls["count_tasks"] >= 1  # the retrain synced the index (its re-score reused that sync)
     assert ls.calls["task_ids"] == 0  # nothing deleted: the cheap count matched
     (added,) = ls.add_tasks(["brand new good film"])
     web.post("/webhook", json={"action": "START_TRAINING", "project": 1})
@@ -398,3 +398,27 @@ def test_a_queued_rescore_runs_before_the_next_retrain(web, ls, r, context):
     drain(r, context)
     retrain, rescore = Job.fetch(retrain_id, connection=r), Job.fetch(rescore.id, connection=r)
     assert rescore.ended_at <= retrain.started_at
+
+
+def test_a_retrains_rescore_reuses_its_read_of_label_studio_on_its_first_attempt_only(web, ls, r, settings):
+    from collections import Counter
+
+    fast = WorkerContext(settings, jobqueue.JobPolicy(retries=2, backoff=(0,)), ls.client)
+    store = ModelStore(settings.model_dir / "models")
+    _set_up(web, ls)
+    drain(r, fast)  # prepare, cold start, first retrain and its re-score
+
+    def reads_of_a_round() -> Counter:
+        before = Counter(ls.calls)
+        jobqueue.enqueue_retrain(r, 1, fast.policy, "test")
+        drain(r, fast)
+        return Counter({k: v - before[k] for k, v in ls.calls.items()})
+
+    reads = reads_of_a_round()
+    assert reads["get_project"] == 1 and reads["count_tasks"] == 1  # the retrain's: its re-score read nothing
+    assert ls.model_version == store.current(1) and ls.live_predictions()
+    ls.fail["import_predictions"] = LabelStudioError("transient (fake)")
+    reads = reads_of_a_round()
+    assert reads["get_project"] == 2 and reads["count_tasks"] == 2  # the retry read LS afresh
+    assert ls.model_version == store.current(1)
+    assert {p["task"] for p in ls.live_predictions()} == set(ls.tasks) - set(ls.annotations)
