@@ -25,7 +25,7 @@ from label_studio_sdk.core.api_error import ApiError
 from label_studio_sdk.types.prediction_request import PredictionRequest
 
 SAMPLINGS = ("Sequential sampling", "Uniform sampling", "Uncertainty sampling")
-PROJECT_FIELDS = ("id", "title", "label_config", "model_version", "sampling")
+PROJECT_FIELDS = ("id", "title", "label_config", "model_version", "sampling", "task_number", "total_annotations_number")
 QUEUE_COLUMNS = ("id", "total_annotations", "predictions_score", "predictions_model_versions")
 """Columns the "Active learning queue" view shows besides the task data."""
 IMPORT_CHUNK = 2000
@@ -77,7 +77,9 @@ class LabelStudioClient:
     # -- projects --------------------------------------------------------------------------
 
     def get_project(self, project_id: int) -> dict:
-        """The project's id, title, label_config, model_version ("" if none) and sampling."""
+        """The project's id, title, label_config, model_version ("" if none), sampling, and its task and
+        annotation counts as :meth:`count_tasks` and :meth:`count_annotations` give them (None when
+        LS sends none), in one request."""
         with self._call(f"get project {project_id}"):
             project = self._sdk.projects.get(project_id, request_options=_include(PROJECT_FIELDS))
         return {
@@ -86,6 +88,8 @@ class LabelStudioClient:
             "label_config": project.label_config or "",
             "model_version": project.model_version or "",
             "sampling": str(getattr(project.sampling, "value", project.sampling) or ""),
+            "task_number": _count(project.task_number),
+            "total_annotations_number": _count(project.total_annotations_number),
         }
 
     def count_annotations(self, project_id: int) -> int:
@@ -324,6 +328,10 @@ class LabelStudioClient:
             raise LabelStudioError(f"{what}: cannot reach Label Studio: {_one_line(exc)}") from exc
         except (ValueError, TypeError) as exc:  # pydantic validation of requests/answers
             raise LabelStudioError(f"{what}: {_one_line(exc)}") from exc
+
+
+def _count(value: object) -> int | None:
+    return None if value is None else int(value)
 
 
 def _include(fields: tuple[str, ...]) -> dict:

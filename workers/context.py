@@ -108,7 +108,7 @@ class WorkerContext:
         info = client.get_project(project_id)
         spec = parse_label_config(info["label_config"])
         index = TaskIndex(self.settings.model_dir, project_id)
-        index.sync(client, spec)
+        index.sync(client, spec, info.get("task_number"))  # counted by LS in the same request
         return SyncedProject(client, info, spec, index)
 
     def synced_project(self, r: Redis, project_id: int, info: dict) -> SyncedProject:

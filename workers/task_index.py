@@ -3,8 +3,8 @@
 Listing a 10k-task LS project takes ~12 s, so a round must not re-read it: the index fetches
 only tasks with ids above the highest one it knows (``list_tasks(after_id=...)``) and drops
 ids LS no longer has. Listing every id (``task_ids``, ~3 s at 10k tasks) happens only when LS's
-task count (``count_tasks``, one cheap query, taken before the listing) differs from the number
-of ids the index knows, i.e. when a task was deleted; a deletion that races with the sync is
+task count (counted by LS in the project record read first, or by ``count_tasks``) differs from
+the number of ids the index knows, i.e. when a task was deleted; a deletion that races with the sync is
 seen by the next one. Tasks without the configured data field are kept apart (``skipped``) so
 they count as known and are not listed again. Edits to an existing task's text are not seen.
 SQLite in WAL mode makes it safe for several worker processes sharing MODEL_DIR.
@@ -52,10 +52,11 @@ class TaskIndex:
         db.executescript(_SCHEMA)
         return db
 
-    def sync(self, client, spec: TaskSpec) -> dict[str, int]:
+    def sync(self, client, spec: TaskSpec, task_count: int | None = None) -> dict[str, int]:
         """Bring the index up to date with LS; returns counts of added and removed tasks.
 
-        ``checked`` is 1 when the full id list was read to find deleted tasks, else 0.
+        ``task_count``: LS's task count, read just before (the project record carries it), else
+        read here. ``checked`` is 1 when the full id list was read to find deleted tasks, else 0.
         """
         with closing(self._connect()) as db, db:
             if _meta(db, "value_key") != spec.value_key:
@@ -64,7 +65,7 @@ class TaskIndex:
                 _set_meta(db, "value_key", spec.value_key)
             # Count before listing: a task created in between is listed but not counted, which
             # only costs a check; a task deleted in between is caught by the next sync.
-            ls_count = client.count_tasks(self.project_id)
+            ls_count = client.count_tasks(self.project_id) if task_count is None else int(task_count)
             max_id = db.execute("SELECT MAX(id) FROM (SELECT MAX(id) AS id FROM tasks "
                                 "UNION ALL SELECT MAX(id) FROM skipped)").fetchone()[0] or 0
             tasks = client.list_tasks(self.project_id, after_id=max_id)

@@ -118,8 +118,11 @@ def check_propagation(context: WorkerContext, project_id: int, version: str, tas
 def _train(context: WorkerContext, r: Redis, project_id: int) -> tuple[str | None, dict]:
     """(the new version or None, LS's project record as this retrain read it)."""
     project = context.sync_project(r, project_id)
-    # Count first: an annotation made while we train leaves the count stale, so reconcile retrains.
-    count = project.client.count_annotations(project_id)
+    # Count first (the project record, read first, carries it): an annotation made while we train
+    # leaves the count stale, so reconcile retrains.
+    count = project.info.get("total_annotations_number")
+    if count is None:
+        count = project.client.count_annotations(project_id)
     report_progress("reading annotations")(0, 1)
     ids, texts, labels = training_set(project.client.annotated_tasks(project_id), project.spec)
     project.index.mark_labelled(ids)

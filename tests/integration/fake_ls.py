@@ -92,7 +92,8 @@ class FakeClient:
     def get_project(self, project_id):
         self._enter("get_project", project_id)
         return {"id": project_id, "title": "t", "label_config": self.ls.label_config,
-                "model_version": self.ls.model_version, "sampling": self.ls.sampling}
+                "model_version": self.ls.model_version, "sampling": self.ls.sampling,
+                "task_number": len(self.ls.tasks), "total_annotations_number": len(self.ls.annotations)}
 
     def list_tasks(self, project_id, after_id=0):
         self._enter("list_tasks", project_id)

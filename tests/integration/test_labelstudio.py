@@ -93,6 +93,7 @@ def test_task_ids_and_count_notice_deleted_tasks(ls, client, project):
     ls.api().call("DELETE", f"/api/tasks/{ids[3]}/")
     assert client.task_ids(pid) == set(ids) - {ids[3]}
     assert client.count_tasks(pid) == len(ids) - 1
+    assert client.get_project(pid)["task_number"] == len(ids) - 1  # the same count, in the project record
 
 
 def test_annotated_tasks_keeps_the_latest_non_cancelled_annotation(ls, client, project):
@@ -110,6 +111,7 @@ def test_annotated_tasks_keeps_the_latest_non_cancelled_annotation(ls, client, p
     assert annotated[1]["result"][0]["value"]["choices"] == ["Sci/Tech"]
     assert annotated[0]["data"]["text"] == agnews(1)[0][0]
     assert client.count_annotations(pid) == 3
+    assert client.get_project(pid)["total_annotations_number"] == 3  # the same count, in the project record
 
 
 def test_uncertainty_sampling_serves_the_lowest_score_of_the_current_version(ls, client, monkeypatch):

@@ -223,7 +223,7 @@ def test_rounds_without_deletions_never_list_all_task_ids(web, ls, r, context):
     _set_up(web, ls)
     web.post("/webhook", json={"action": "START_TRAINING", "project": 1})
     drain(r, context)
-    assert ls.calls["count_tasks"] >= 1  # the retrain synced the index (its re-score reused that sync)
+    assert ls.calls["get_project"] >= 1 and ls.calls["count_tasks"] == 0  # the project record carries the count
     assert ls.calls["task_ids"] == 0  # nothing deleted: the cheap count matched
     (added,) = ls.add_tasks(["brand new good film"])
     web.post("/webhook", json={"action": "START_TRAINING", "project": 1})
@@ -415,10 +415,11 @@ def test_a_retrains_rescore_reuses_its_read_of_label_studio_on_its_first_attempt
         return Counter({k: v - before[k] for k, v in ls.calls.items()})
 
     reads = reads_of_a_round()
-    assert reads["get_project"] == 1 and reads["count_tasks"] == 1  # the retrain's: its re-score read nothing
+    assert reads["get_project"] == 1 and reads["list_tasks"] == 1  # the retrain's: its re-score read nothing
+    assert reads["count_tasks"] == reads["count_annotations"] == 0  # the project record carries both counts
     assert ls.model_version == store.current(1) and ls.live_predictions()
     ls.fail["import_predictions"] = LabelStudioError("transient (fake)")
     reads = reads_of_a_round()
-    assert reads["get_project"] == 2 and reads["count_tasks"] == 2  # the retry read LS afresh
+    assert reads["get_project"] == 2 and reads["list_tasks"] == 2  # the retry read LS afresh
     assert ls.model_version == store.current(1)
     assert {p["task"] for p in ls.live_predictions()} == set(ls.tasks) - set(ls.annotations)

@@ -39,7 +39,7 @@ class _FirstFit:
     class config:
         ambiguity = False
 
-    def fit(self, texts, labels, classes, previous=None, pool=()):
+    def fit(self, texts, labels, classes, previous=None, pool=(), check=None):
         raise _SeedSetSeen(texts)
 
 
