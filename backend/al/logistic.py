@@ -6,7 +6,9 @@ over a pool's pseudo-labels reads its rows twice per L-BFGS step, once for the l
 the gradient; as one dense float64 matrix that is 1,408 columns a row, most of them zero, and the
 fit is bound by the memory reads (AG News with 7,900 pseudo-labels: 25 ms a step of the 37 ms; the
 sparse n-gram part holds about 60 of the 1,024 columns a row). The gradient is written out rather
-than taken by autograd, so both products are explicit. Pure compute, float64, one thread.
+than taken by autograd, so both products are explicit. Pure compute, float64, one thread unless
+asked for more (a model's final fit in a worker: AG News with 7,900 pseudo-labels, 0.30 s on two
+threads against 0.55 s on one).
 """
 
 from __future__ import annotations
@@ -94,15 +96,16 @@ class _Products:
 
 
 def fit_logistic(x: torch.Tensor | Design, targets: torch.Tensor, multilabel: bool, l2: float,
-                 weights: torch.Tensor | None = None,
-                 items: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, dict]:
+                 weights: torch.Tensor | None = None, items: torch.Tensor | None = None,
+                 threads: int = 1) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """L2-regularised logistic regression, to convergence. x (N, D), targets (N, C) -> (W (D, C), b (C,), stats).
 
     Minimises ``sum_i w_i loss_i + l2 / 2 * ||W||^2`` (the bias is not penalised), which is
     scikit-learn's ``LogisticRegression(C=1/l2)`` objective; ``weights`` (C,) weight each item
     by its class (single-label) or each label's positives (multi-label); ``items`` (N,), single-label
-    only, weight each item directly instead (pseudo-labels get their own weight). Float64, one
-    thread, deterministic: the same inputs give the same bits.
+    only, weight each item directly instead (pseudo-labels get their own weight). Float64 on
+    ``threads`` threads, deterministic: the same inputs on as many threads give the same bits (on
+    another count the products' sums run in another order: 1e-14 apart on AG News's 8,000 rows).
     """
     if l2 <= 0:
         raise ValueError(f"l2 must be > 0, got {l2}")
@@ -113,7 +116,7 @@ def fit_logistic(x: torch.Tensor | Design, targets: torch.Tensor, multilabel: bo
     n, c = y64.shape
     if len(design) != n:
         raise ValueError(f"{len(design)} rows against {n} targets")
-    with _threads(1):
+    with _threads(threads):
         products = _Products(design)
         loss_and_grad = _multilabel_loss(y64, weights) if multilabel else _softmax_loss(y64, weights, items)
         w = torch.zeros(design.width, c, dtype=torch.float64)

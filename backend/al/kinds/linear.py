@@ -170,12 +170,15 @@ class Kind(KindBase):
         weights = class_weights(targets, multilabel) if self.class_weighted else None
         items = None if weights is None or multilabel else targets @ weights
         pseudo, spread_stats = self.propagate(x, digests, targets, multilabel, pool, scale, progress, check)
+        # The model's own fit on every thread torch may use here (1 in the simulations, the worker's cores
+        # in a worker); the check's fits are single-threaded and run side by side instead.
+        threads = torch.get_num_threads()
         if pseudo is not None:
             px, pt, pw = pseudo
             w, b, fit_stats = fit_logistic(x.cat(px), torch.cat([targets, pt]), False, l2,
-                                           items=torch.cat([self.item_weights(targets), pw]))
+                                           items=torch.cat([self.item_weights(targets), pw]), threads=threads)
         else:
-            w, b, fit_stats = fit_logistic(x, targets, multilabel, l2, weights)
+            w, b, fit_stats = fit_logistic(x, targets, multilabel, l2, weights, threads=threads)
         # Samples only where the acquisition reads their disagreement; the others rank by the mean, for
         # which the fit itself is better than an average of samples (and T = 1 is the fit, not one sample).
         # Ambiguity routing reads BALD too (acquisition.ambiguous). The posterior's curvature is the

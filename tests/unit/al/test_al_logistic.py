@@ -83,3 +83,19 @@ def test_designs_that_do_not_line_up_are_refused():
         Design(emb, lexical.features(texts, 4), 1.0).cat(Design(emb, lexical.features(texts, 4), 0.5))
     with pytest.raises(ValueError, match="targets"):
         fit_logistic(Design(emb), targets[:5], False, 1.0)
+
+
+def test_a_fit_on_more_threads_is_the_same_optimum_and_repeats_its_own_bits():
+    g = torch.Generator().manual_seed(3)
+    n, c = 3000, 4  # big enough for BLAS to split the products between threads
+    emb = F.normalize(torch.randn(n, 64, generator=g), dim=1)
+    targets = F.one_hot(torch.randint(0, c, (n,), generator=g), c).float()
+    texts = [f"w{int(k)} w{int(k) % 7}" for k in torch.randint(0, 500, (n,), generator=g)]
+    design = Design(emb, lexical.features(texts, 8), 0.5)
+    before = torch.get_num_threads()
+    one = fit_logistic(design, targets, False, 0.1)
+    two = fit_logistic(design, targets, False, 0.1, threads=2)
+    again = fit_logistic(design, targets, False, 0.1, threads=2)
+    assert torch.get_num_threads() == before  # the thread count is restored
+    assert (one[0] - two[0]).abs().max() < 1e-9 and (one[1] - two[1]).abs().max() < 1e-9
+    assert torch.equal(two[0], again[0]) and torch.equal(two[1], again[1])
