@@ -270,6 +270,13 @@ def enqueue_check(r: Redis, project_id: int, version: str, task_ids: list[int], 
                    description=f"propagation check of {version} ({len(task_ids)} labels) in project {project_id}")
 
 
+def enqueue_prepare_propagation(r: Redis, project_id: int, policy: JobPolicy) -> Job:
+    """Build the k-NN lists of a project's pool ahead of its first retrain that checks propagation
+    (after the cold start, off the loop; train queue)."""
+    return enqueue(r, TRAIN, "workers.training.prepare_propagation", int(project_id), policy=policy,
+                   project=project_id, description=f"k-NN lists of project {project_id}'s pool for propagation")
+
+
 def enqueue_reset(r: Redis, project_id: int, policy: JobPolicy) -> Job:
     """Forget the project's model (label config changed) and retrain from scratch."""
     return enqueue(r, TRAIN, "workers.lifecycle.reset_project", int(project_id), policy=policy,

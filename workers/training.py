@@ -115,6 +115,18 @@ def check_propagation(context: WorkerContext, project_id: int, version: str, tas
     return check.as_list()
 
 
+@takes_context
+def prepare_propagation(context: WorkerContext, project_id: int) -> bool:
+    """The k-NN lists of the project's unlabelled sample (``PROPAGATION_POOL``, as a retrain draws it,
+    from the task index the cold start synced), built after the cold start so the first retrain that
+    checks propagation reads them (:meth:`backend.al.learner.ActiveLearner.prepare_propagation`)."""
+    if not context.learner.may_propagate():
+        return False
+    index = TaskIndex(context.settings.model_dir, project_id)
+    texts = index.sample_unlabelled(context.settings.engine.propagation_pool)
+    return context.learner.prepare_propagation(texts, report_progress("k-NN lists"))
+
+
 def _train(context: WorkerContext, r: Redis, project_id: int) -> tuple[str | None, dict]:
     """(the new version or None, LS's project record as this retrain read it)."""
     project = context.sync_project(r, project_id)

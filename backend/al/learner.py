@@ -27,7 +27,7 @@ from backend.al.encoder import TextEncoder, encoder_identity, pick_device, resol
 from backend.al.kinds import AUTO, choose_kind, kind_class
 from backend.al.kinds.base import Model, ModelKind, Progress
 from backend.al.neighbours import NeighbourCache
-from backend.al.propagation import Check, checkable
+from backend.al.propagation import NEIGHBOURS, Check, checkable, sample_by_digest
 from backend.al.ranking import COLD_START, Ranking, TaskScores, order_pool
 from backend.al.snapshots import Snapshots
 from backend.al.zeroshot import label_prompt, zero_shot_scores
@@ -250,6 +250,26 @@ class ActiveLearner:
         kind = self.kind(self.training_kind(targets))
         run = getattr(kind, "check_propagation", None)
         return run(texts, targets, multilabel, pool, progress) if run is not None else None
+
+    def may_propagate(self) -> bool:
+        """Whether a retrain may draw pseudo-labels from the pool: ``PROPAGATION`` not ``off`` and a mode
+        whose kind propagates (``linear``, or ``auto``, which picks it on a CPU)."""
+        return self.config.propagation != "off" and self.config.mode in (AUTO, "linear")
+
+    def prepare_propagation(self, texts: Sequence[str], progress: Progress | None = None) -> bool:
+        """Build and keep the k-NN lists of a project's texts (at most ``propagation_pool``, those with the
+        smallest digests, as a retrain draws them: :func:`backend.al.propagation.sample_by_digest`), so
+        that the first retrain that checks propagation reads them instead of building them (the lists
+        are keyed by the set of texts, which annotating does not change: :mod:`backend.al.neighbours`).
+        The same lists as that retrain would build, so nothing it computes changes. False, and nothing
+        done, where no retrain would propagate (:meth:`may_propagate`) or there are fewer than 2 texts."""
+        if not self.may_propagate() or len(texts) < 2:
+            return False
+        digests = text_digests(texts)
+        rows = sample_by_digest(digests, self.config.propagation_pool).numpy()
+        x = self.embed([texts[i] for i in rows.tolist()], progress, digests[rows])  # cached by the cold start
+        self.neighbours(x, digests[rows], NEIGHBOURS)
+        return True
 
     def defers_check(self, model: Model) -> bool:
         """Whether the next fit after ``model`` wants a check on ``model``'s labels: ``PROPAGATION=auto``

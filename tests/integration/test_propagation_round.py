@@ -121,3 +121,28 @@ def test_a_check_of_a_superseded_version_is_neither_run_nor_recorded(ls, r, sett
     assert projects.record_propagation_check(r, 1, "p1-v0010-abcdef", [2, 3, 20], ["pos", "neg"])
     projects.forget_propagation_check(r, 1)
     assert projects.propagation_check(r, 1) is None
+
+
+def test_the_k_nn_lists_are_built_after_the_cold_start_and_the_first_check_reads_them(ls, r, settings, monkeypatch):
+    from backend import jobqueue
+    from backend.al import propagation
+
+    ls.annotations.clear()  # a new project: nothing labelled at first contact
+    context = WorkerContext.from_settings(settings, client_factory=ls.client)
+    web = create_app(settings).test_client()
+    assert web.post("/setup", json={"project": "1.17", "schema": ls.label_config}).status_code == 200
+    drain(r, context)  # prepare, the cold start, then the k-NN lists of the pool
+    (job,) = [j for j in jobqueue.project_jobs(r, 1) if j["name"] == "prepare_propagation"]
+    assert job["status"] == "finished"
+
+    def no_lists(*args, **kwargs):
+        raise AssertionError("the retrain built k-NN lists")
+
+    monkeypatch.setattr(propagation, "nearest", no_lists)
+    _ten_labels(ls)
+    jobqueue.enqueue_retrain(r, 1, context.policy, "10 labels")
+    drain(r, context)
+    model = ModelStore(settings.model_dir / "models").load(1)
+    assert model.stats["propagation_checked_here"] and model.stats["propagation_check"][2] == 10
+    off = dataclasses.replace(settings, engine=dataclasses.replace(settings.engine, propagation="off"))
+    assert not WorkerContext.from_settings(off, client_factory=ls.client).learner.prepare_propagation(list("ab"))
