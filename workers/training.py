@@ -64,14 +64,10 @@ def unlabelled_texts(context: WorkerContext, index, spec, n_labels: int, check=N
     ``deferred``) when the recorded ``check`` turned the pseudo-labels away (without one the fit
     checks its own labels, and reads the pool for that)."""
     engine = context.settings.engine
-    if engine.propagation == "off" or spec.multilabel:
-        return []
     from backend.al import propagation
 
-    if engine.propagation == "auto" and not propagation.checkable(n_labels, len(spec.classes)):
-        return []
-    deferred = engine.propagation == "auto" and engine.propagation_check == "deferred"
-    if deferred and check is not None and not check.helps:
+    if propagation.pool_unread(engine.propagation, engine.propagation_check, n_labels, len(spec.classes),
+                               spec.multilabel, check) is not None:
         return []
     return index.sample_unlabelled(engine.propagation_pool)
 
@@ -119,9 +115,8 @@ def check_propagation(context: WorkerContext, project_id: int, version: str, tas
 def prepare_propagation(context: WorkerContext, project_id: int) -> bool:
     """The k-NN lists of the project's unlabelled sample (``PROPAGATION_POOL``, as a retrain draws it,
     from the task index the cold start synced), built after the cold start so the first retrain that
-    checks propagation reads them (:meth:`backend.al.learner.ActiveLearner.prepare_propagation`)."""
-    if not context.learner.may_propagate():
-        return False
+    checks propagation reads them (:meth:`backend.al.learner.ActiveLearner.prepare_propagation`; queued
+    only where it :meth:`~backend.al.learner.ActiveLearner.may_propagate`)."""
     index = TaskIndex(context.settings.model_dir, project_id)
     texts = index.sample_unlabelled(context.settings.engine.propagation_pool)
     return context.learner.prepare_propagation(texts, report_progress("k-NN lists"))

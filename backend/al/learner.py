@@ -253,8 +253,9 @@ class ActiveLearner:
 
     def may_propagate(self) -> bool:
         """Whether a retrain may draw pseudo-labels from the pool: ``PROPAGATION`` not ``off`` and a mode
-        whose kind propagates (``linear``, or ``auto``, which picks it on a CPU)."""
-        return self.config.propagation != "off" and self.config.mode in (AUTO, "linear")
+        whose kind propagates (``auto`` picks one per retrain: ``linear`` on a CPU)."""
+        mode = self.config.mode
+        return self.config.propagation != "off" and (mode == AUTO or getattr(kind_class(mode), "propagates", False))
 
     def prepare_propagation(self, texts: Sequence[str], progress: Progress | None = None) -> bool:
         """Build and keep the k-NN lists of a project's texts (at most ``propagation_pool``, those with the

@@ -214,6 +214,22 @@ def checkable(n_labels: int, n_classes: int, folds: int = FOLDS) -> bool:
     return n_labels >= folds * max(n_classes, 1)
 
 
+def pool_unread(setting: str, check_when: str, n_labels: int, n_classes: int, multilabel: bool,
+                check: Check | None) -> dict | None:
+    """Why a fit with these settings (``propagation``, ``propagation_check``) and labels reads no pool,
+    as the model stats that say it ({} when there is nothing to say), or None when it reads one: never
+    with ``off`` or multi-label targets; with ``auto``, not below ``FOLDS`` labels a class
+    (:func:`checkable`), nor when checked ``deferred`` and the given ``check`` (made on an earlier
+    labelled set) failed. The worker asks it before reading the pool's texts, the fit before its graph."""
+    if setting == "off" or multilabel:
+        return {}
+    if setting == "auto" and not checkable(n_labels, n_classes):
+        return {"propagation_check": "fewer labels a class than folds", "pseudo_labels": 0}
+    if setting == "auto" and check_when == "deferred" and check is not None and not check.helps:
+        return {"propagation_check": check.as_list(), "propagation_checked_here": False, "pseudo_labels": 0}
+    return None
+
+
 def sample_by_digest(digests: np.ndarray, limit: int) -> torch.Tensor:
     """At most ``limit`` of the texts with ``digests`` (N,) ``S20``: those with the smallest digests
     (SHA-1, so a random sample), ties by position, as increasing row indices (all when N <= limit).

@@ -230,15 +230,15 @@ class Kind(KindBase):
         :func:`backend.al.propagation.sample_by_digest`) go into the graph.
         """
         cfg = self.backbone.config
-        if not self.propagates or cfg.propagation == "off" or multilabel:
+        if not self.propagates:
             return None, {}
-        if cfg.propagation == "auto" and not propagation.checkable(len(x), targets.shape[1]):
-            return None, {"propagation_check": "fewer labels a class than folds", "pseudo_labels": 0}
-        deferred = cfg.propagation == "auto" and cfg.propagation_check == "deferred" and check is not None
-        if deferred and not check.helps:  # the worker then sends no pool
-            return None, {"propagation_check": check.as_list(), "propagation_checked_here": False, "pseudo_labels": 0}
+        unread = propagation.pool_unread(cfg.propagation, cfg.propagation_check, len(x), targets.shape[1],
+                                         multilabel, check)
+        if unread is not None:  # the worker then sends no pool either
+            return None, unread
         if len(pool) == 0:
             return None, {}
+        deferred = cfg.propagation == "auto" and cfg.propagation_check == "deferred" and check is not None
         graph = self._graph(x, digests, pool, scale, progress)
         stats: dict = {"propagation_pool": len(graph.pool_x)}
         if cfg.propagation == "auto":
