@@ -57,7 +57,7 @@ RECONCILE_LOCK = "al:reconcile:next"
 BACKOFF = (10, 60, 300)  # seconds between retries; the last one repeats
 _WAITING = {JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED}
 _LOCK_SECONDS = 10
-SYNCED = "synced_project"  # a rescore's meta: the LS project record its retrain read (enqueue_rescore)
+SYNCED = "synced_project"  # a rescore's or fan-in's meta: the LS project record its retrain or re-score read
 _RESCORE_JOBS = ("workers.scoring.rescore", "workers.scoring.score_shard", "workers.scoring.publish_ranking")
 
 
@@ -188,10 +188,11 @@ def enqueue_rescore(r: Redis, project_id: int, version: str | None, policy: JobP
 
 
 def enqueue_shards(r: Redis, project_id: int, version: str | None, run: str, shards: int,
-                   policy: JobPolicy, rescore_id: str) -> Job:
+                   policy: JobPolicy, rescore_id: str, synced: dict | None = None) -> Job:
     """Fan a re-score out: ``shards`` shard jobs on the shard queue, then their fan-in
     ``publish_ranking`` on the score queue, whose job id is ``run`` (the shards' folder and
-    progress target).
+    progress target). ``synced``: the LS project record the fanning-out re-score read, for the
+    fan-in's first attempt (``SYNCED``, as :func:`enqueue_rescore` passes a retrain's).
 
     The fan-in becomes the project's latest rescore (what reconcile and ``rescore_under_way``
     look at) unless a newer rescore was enqueued meanwhile (``rescore_id``: the fanning-out job).
@@ -201,7 +202,8 @@ def enqueue_shards(r: Redis, project_id: int, version: str | None, run: str, sha
                     description=f"score shard {index + 1}/{shards} of {what}") for index in range(shards)]
     fan_in = enqueue(r, SCORE, "workers.scoring.publish_ranking", int(project_id), version, run, shards,
                      policy=policy, description=f"rank and publish {shards} shards of {what}", project=project_id,
-                     job_id=run, depends_on=Dependency(jobs=jobs, allow_failure=True, enqueue_at_front=True))
+                     job_id=run, depends_on=Dependency(jobs=jobs, allow_failure=True, enqueue_at_front=True),
+                     meta={SYNCED: synced} if synced is not None else None)
     with r.lock(key(project_id, "rescore:lock"), timeout=_LOCK_SECONDS, blocking_timeout=_LOCK_SECONDS):
         if projects.as_text(r.get(key(project_id, "rescore:latest"))) == rescore_id:
             r.set(key(project_id, "rescore:latest"), fan_in.id, ex=policy.failure_ttl)

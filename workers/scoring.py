@@ -72,15 +72,16 @@ def rescore(context: WorkerContext, project_id: int, version: str | None) -> dic
         bounds = shard_bounds(len(ids), context.settings.shard_size)
         label_names = project.spec.zero_shot_names()  # what a cold start scores zero-shot against
         if len(bounds) > 1:
-            return _fan_out(context, r, project_id, version, ids, texts, bounds, label_names)
+            return _fan_out(context, r, project, project_id, version, ids, texts, bounds, label_names)
         ranking = context.learner.rank(model, texts, ids=ids, progress=report_progress("scoring"),
                                        label_names=label_names)
         return _publish_ranked(context, r, project, project_id, version, ids, ranking)
 
 
 def _project(context: WorkerContext, r: Redis, project_id: int) -> SyncedProject:
-    """The project for a re-score: as the retrain that enqueued it read LS moments ago (its first
-    attempt; ``jobqueue.SYNCED`` in the job's meta), else read from LS and synced now.
+    """The project for a re-score or a fan-in: as the retrain or re-score that enqueued it read LS
+    moments ago (its first attempt; ``jobqueue.SYNCED`` in the job's meta), else read from LS and
+    synced now (a fan-in reads the task index on the shared ``MODEL_DIR`` that the re-score synced).
 
     The record is dropped from the meta before it is used, so any later attempt (after a failure,
     or after the work-horse died) reads LS afresh. What reusing it may miss: tasks created in LS
@@ -173,12 +174,14 @@ def _read_input(folder: Path, shard: int) -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def _fan_out(context: WorkerContext, r: Redis, project_id: int, version: str | None, ids: list[int],
-             texts: list[str], bounds: list[tuple[int, int]], label_names: list[str] | None) -> dict:
-    """Write the pool's snapshot, one input file per shard, then enqueue the shards and their fan-in."""
+def _fan_out(context: WorkerContext, r: Redis, project: SyncedProject, project_id: int, version: str | None,
+             ids: list[int], texts: list[str], bounds: list[tuple[int, int]], label_names: list[str] | None) -> dict:
+    """Write the pool's snapshot, one input file per shard, then enqueue the shards and their fan-in
+    (which publishes with this re-score's read of LS, ``project``, on its first attempt)."""
     run = uuid.uuid4().hex  # the fan-in's job id: a retried rescore starts a run of its own
     write_inputs(run_dir(context.settings.model_dir, project_id, run), ids, texts, bounds, label_names)
-    jobqueue.enqueue_shards(r, project_id, version, run, len(bounds), context.policy, current_job().id)
+    jobqueue.enqueue_shards(r, project_id, version, run, len(bounds), context.policy, current_job().id,
+                            synced=project.info)
     log.info("project %s: %d tasks to score in %d shards (run %s)", project_id, len(ids), len(bounds), run)
     return {"skipped": False, "version": version, "pool": len(ids), "shards": len(bounds), "fan_in": run}
 
@@ -278,7 +281,7 @@ def _fan_in(context: WorkerContext, r: Redis, project_id: int, version: str | No
             texts = [text for shard in range(shards) for text in _read_input(folder, shard)["texts"]]
             embeddings = context.learner.embed(texts, report_progress("reading embeddings"))
         ranking = context.learner.order(scored, embeddings)
-        project = context.sync_project(r, project_id)
+        project = _project(context, r, project_id)  # the fan-out's read of LS, on the first attempt
         result = _publish_ranked(context, r, project, project_id, version, scored.ids.tolist(), ranking)
     r.set(outcome, _PUBLISHED, ex=ttl)
     _remove_run(folder)

@@ -128,6 +128,36 @@ def test_a_fan_in_run_twice_publishes_once_and_repeats_its_outcome(r, ls, settin
     assert len(ls.predictions) == imported  # not imported again
 
 
+def test_a_sharded_rescore_publishes_with_the_retrains_read_of_label_studio(r, ls, settings):
+    """The retrain's read of LS serves its re-score's fan-out and then its fan-in; a retried fan-in reads LS afresh."""
+    from collections import Counter
+
+    from backend.labelstudio import LabelStudioError
+
+    sharded = WorkerContext(replace(settings, shard_size=SHARD_SIZE), jobqueue.JobPolicy(retries=2, backoff=(0,)),
+                            ls.client)
+
+    def reads_of_a_round() -> Counter:
+        before = Counter(ls.calls)
+        jobqueue.enqueue_retrain(r, 1, sharded.policy, "test")
+        drain(r, sharded)
+        return Counter({k: v - before[k] for k, v in ls.calls.items()})
+
+    reads = reads_of_a_round()
+    fan_in = jobqueue.latest_rescore(r, 1)
+    assert fan_in.func_name == "workers.scoring.publish_ranking" and fan_in.return_value()["shards"] == 3
+    assert reads["get_project"] == 1 and reads["list_tasks"] == 1  # the retrain's read, and nothing after it
+    assert jobqueue.SYNCED not in fan_in.meta  # used up by its first attempt
+    version = ModelStore(settings.model_dir / "models").current(1)
+    assert ls.model_version == version and len(ls.live_predictions(version)) == 22
+    ls.annotations[next(iter(set(ls.tasks) - set(ls.annotations)))] = "pos"
+    ls.fail["import_predictions"] = LabelStudioError("transient (fake)")  # the fan-in's first attempt fails
+    reads = reads_of_a_round()
+    assert reads["get_project"] == 2 and reads["list_tasks"] == 2  # its retry read LS afresh
+    version = ModelStore(settings.model_dir / "models").current(1)
+    assert ls.model_version == version and len(ls.live_predictions(version)) == 21
+
+
 def test_shards_of_a_superseded_version_skip_and_publish_nothing(r, ls, settings, context):
     jobqueue.enqueue_retrain(r, 1, context.policy, "test")
     drain(r, context)
