@@ -61,6 +61,10 @@ ENGINE_VARIABLES: dict[str, tuple[str, str]] = {
     "MC_SAMPLES": ("mc_samples", "MC-dropout samples T per task."),
     "MC_LAYERS": ("mc_layers", "full mode: sample dropout only in the last k encoder layers and the classifier "
                                "(the layers below run once per text); 0 = every layer."),
+    "POSTERIOR": ("posterior", "`linear` kind: how the T weight samples that BALD and variation ratios read are "
+                               "drawn: `laplace` (Kronecker-factored Laplace around the fit), `bootstrap` (T refits "
+                               "with the labels reweighted at random, side by side on the worker's threads) or "
+                               "`auto` (the bootstrap from 5 labels a class on average, Laplace below)."),
     "POWER_BETA": ("power_beta", "stochastic (power) acquisition exponent; 0 ranks deterministically."),
     "DIVERSITY_CLUSTERS": ("diversity_clusters",
                            "k-means clusters the top of the order is interleaved across; 0 = off."),

@@ -2,7 +2,7 @@
 # Labels saved, in parallel: one simulation process per (dataset, strategy), then one summary per dataset.
 #   scripts/bench_labels.sh OUT_DIR "STRATEGY STRATEGY ..." [DATASET ...]
 # DATASET: agnews, trec6, clinc150 (default: all three). Environment: PYTHON, DATA_DIR (../shared/data),
-# ENCODER (the packaged MiniLM), SEEDS (5), BUDGET (500), NOISE (0), JOBS (parallel processes, nproc),
+# ENCODER (the packaged MiniLM), SEEDS (5), FIRST_SEED (0), BUDGET (500), NOISE (0), JOBS (parallel processes, nproc),
 # CACHE (OUT_DIR/embeddings). Pool and test texts are embedded first, one dataset at a time (on a GPU
 # when there is one); the simulations then run on the CPU, one thread each (CUDA hidden), so their
 # numbers are the CPU engine's whatever machine runs them. Strategies with 'random' in the list get
@@ -46,7 +46,7 @@ run_one() {
     dir="$out/$ds/$(echo "$s" | tr '/=' '_-')"
     CUDA_VISIBLE_DEVICES="" OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $py -m backend.al.simulate --pool "$pool" \
         --test "$test" --strategy "$s" --seed-size 20 --batch-size 20 --budget "${BUDGET:-500}" \
-        --seeds "${SEEDS:-5}" --label-noise "${NOISE:-0}" --encoder "$encoder" --cache-dir "$cache" \
+        --seeds "${SEEDS:-5}" --first-seed "${FIRST_SEED:-0}" --label-noise "${NOISE:-0}" --encoder "$encoder" --cache-dir "$cache" \
         --out "$dir" >"$dir.log" 2>&1 && echo "done $ds $s" || echo "FAILED $ds $s (see $dir.log)"
 }
 export -f run_one

@@ -1,14 +1,15 @@
 """One engine round on a real pool: retrain (with the pool for pseudo-labels) + re-score, timed.
 
     .venv/bin/python scripts/bench_round.py [--labels 100,500] [--datasets agnews,clinc150]
-        [--cache-dir data/embeddings] [--threads 1]
+        [--cache-dir data/embeddings] [--threads 1] [--engine strategy=bald/power_beta=1]
 
 For each dataset (``../shared/data``) and labelled-set size: a seeded random labelled set, the
 rest of the pool unlabelled; times ``ActiveLearner.fit(..., pool=unlabelled)`` and
 ``ActiveLearner.rank`` over the unlabelled pool with the default engine settings, once with
 ``propagation=auto`` and once off, and the model's accuracy on the dataset's test.tsv. With ``auto``
 the check (``PROPAGATION_CHECK=deferred``: a job after the previous retrain) is timed apart, on the
-same labels; ``inline`` times ``auto`` checked inside the fit.
+same labels; ``inline`` times ``auto`` checked inside the fit. ``--engine`` overrides other engine
+settings the simulation's way (``backend.al.simulate.strategy_config``: ``key=value`` joined by ``/``).
 Embeddings come from the cache (the first run embeds the pools: minutes on a CPU); publishing
 to Label Studio is not part of it (scripts/bench_loop.py times whole rounds against LS).
 Prints one line per case, with the propagation check's counts and the number of pseudo-labels,
@@ -36,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 from backend.al.config import EngineConfig  # noqa: E402
 from backend.al.datasets import load_tsv  # noqa: E402
 from backend.al.learner import ActiveLearner  # noqa: E402
+from backend.al.simulate import strategy_config  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 
@@ -50,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--settings", default="auto,off",
                         help="PROPAGATION settings to time, comma-separated: auto (its check deferred, timed apart), "
                              "inline (auto checked inside the fit), on, off")
+    parser.add_argument("--engine", default="", help="engine overrides, key=value joined by '/' "
+                                                     "(e.g. strategy=bald/power_beta=1/posterior=bootstrap)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     warm = ActiveLearner(EngineConfig(), Path(args.cache_dir))
@@ -64,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         for setting in args.settings.split(","):
             # auto: PROPAGATION_CHECK=deferred (the default), the check timed apart from the retrain it feeds
             propagation, when = ("auto", "inline") if setting == "inline" else (setting, "deferred")
-            config = dataclasses.replace(EngineConfig(), propagation=propagation, propagation_check=when)
+            base = strategy_config("/".join(["default", *filter(None, [args.engine])]), EngineConfig())
+            config = dataclasses.replace(base, propagation=propagation, propagation_check=when)
             learner = ActiveLearner(config, Path(args.cache_dir))
             learner.embed(texts)  # warm the cache first: the round reads cached embeddings
             for n in (int(v) for v in args.labels.split(",")):
@@ -88,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
                 fitted = time.perf_counter()
                 learner.rank(model, pool, ids=rest)
                 done = time.perf_counter()
-                stats = {k: model.stats.get(k) for k in ("propagation_check", "pseudo_labels")}
+                stats = {k: model.stats[k] for k in ("propagation_check", "pseudo_labels", "posterior",
+                                                     "bootstrap_iterations") if k in model.stats}
                 accuracy = float((learner.predict_proba(model, test_texts).argmax(dim=1) == gold).float().mean())
                 print(f"{name} pool={len(rest)} classes={len(classes)} labels={n} propagation={setting}: "
                       + (f"first {'check' if setting == 'auto' else 'fit'} {first:.1f} s (k-NN lists computed), "

@@ -13,6 +13,10 @@ COLD_STARTS = ("clusters", "zero-shot")
 PROPAGATIONS = ("auto", "on", "off")
 """Pseudo-labels from label spreading over the pool (backend.al.propagation): auto = when a k-fold
 check on the labels says spreading labels them better than the plain fit."""
+POSTERIORS = ("auto", "laplace", "bootstrap")
+"""The linear kind's weight samples for BALD and variation ratios: a Kronecker-factored Laplace
+approximation around the fit, the weighted likelihood bootstrap of the labelled items, or (auto)
+the bootstrap from 5 labels a class on average and Laplace below (kinds.linear.posterior_for)."""
 PROPAGATION_CHECKS = ("deferred", "inline")
 """When ``auto``'s check runs: after a retrain, for the next one (deferred), or inside each retrain (inline)."""
 
@@ -69,6 +73,11 @@ class EngineConfig:
     # The linear kind's Laplace samples (BALD, variation ratios): False keeps the n-gram weights at the
     # fit and samples the embedding's only (an experiment of issue 7, item 3: docs/BENCHMARKS.md, "BALD").
     posterior_lexical: bool = True
+    # How the linear kind draws its T weight samples (POSTERIORS): "laplace" around the fit (the curvature
+    # of the labelled items, the prior's variance where no label constrains a direction), "bootstrap"
+    # (T refits with the labelled items reweighted by Exp(1) draws: the spread where the labels disagree),
+    # or "auto": the bootstrap from 5 labels a class on average, Laplace below (docs/BENCHMARKS.md, "BALD").
+    posterior: str = "auto"
     ambiguity_entropy: float = 0.5
     ambiguity_bald: float = 0.005
 
@@ -81,6 +90,8 @@ class EngineConfig:
             raise ValueError(f"cold_start must be one of {', '.join(COLD_STARTS)}, got {self.cold_start!r}")
         if self.propagation not in PROPAGATIONS:
             raise ValueError(f"propagation must be one of {', '.join(PROPAGATIONS)}, got {self.propagation!r}")
+        if self.posterior not in POSTERIORS:
+            raise ValueError(f"posterior must be one of {', '.join(POSTERIORS)}, got {self.posterior!r}")
         if self.propagation_check not in PROPAGATION_CHECKS:
             raise ValueError(f"propagation_check must be one of {', '.join(PROPAGATION_CHECKS)}, "
                              f"got {self.propagation_check!r}")

@@ -41,6 +41,11 @@ MIN_CONFIDENCE = 0.5
 """A pool text becomes a pseudo-label when one class holds at least this share of its spread mass."""
 PSEUDO_WEIGHT = 1.0
 """The pseudo-labels' total training weight relative to the labelled set's (each gets weight * L / P)."""
+MIN_CLASS_LABELS = 2
+"""A class with fewer labels than this gives no pseudo-labels (:func:`pseudo_labels`): spreading scales
+each class's seeds to the same total mass, so one label claims a neighbourhood as large as a whole
+class's, and the check's folds cannot hold it out and still seed it (TREC-6, BALD's labelled sets:
+one ABBR label's pseudo-labels took 124 texts and the round 14 points; docs/BENCHMARKS.md, "BALD")."""
 FOLDS = 5
 """Folds of the check in :func:`helps` (held-out labels every fold)."""
 CHECK_PSEUDO = 2000
@@ -136,11 +141,15 @@ def spread(graph: torch.Tensor, seeds: torch.Tensor, targets: torch.Tensor, n_cl
     return f
 
 
-def pseudo_labels(f: torch.Tensor, rows: torch.Tensor, min_confidence: float = MIN_CONFIDENCE) -> PseudoLabels:
-    """Among ``rows`` of F (N, C), those whose largest class share is >= min_confidence."""
+def pseudo_labels(f: torch.Tensor, rows: torch.Tensor, min_confidence: float = MIN_CONFIDENCE,
+                  seeds: torch.Tensor | None = None, min_labels: int = MIN_CLASS_LABELS) -> PseudoLabels:
+    """Among ``rows`` of F (N, C), those whose largest class share is >= min_confidence and, given the
+    spread's seed classes ``seeds`` (L,), whose class has at least ``min_labels`` of them."""
     mass = f[rows].sum(dim=1)
     confidence, classes = (f[rows] / mass.clamp_min(1e-30)[:, None]).max(dim=1)
     keep = (mass > 0) & (confidence >= min_confidence)
+    if seeds is not None:
+        keep &= (torch.bincount(seeds, minlength=f.shape[1]) >= min_labels)[classes]
     return PseudoLabels(rows[keep], classes[keep], confidence[keep])
 
 
@@ -191,7 +200,8 @@ def helps(graph: torch.Tensor, seeds: torch.Tensor, targets: torch.Tensor, n_cla
     for fold in range(folds):
         held = order[fold::folds]
         kept = torch.cat([order[j::folds] for j in range(folds) if j != fold])
-        pseudo = pseudo_labels(spread(graph, seeds[kept], targets[kept], n_classes), pool_rows)
+        pseudo = pseudo_labels(spread(graph, seeds[kept], targets[kept], n_classes), pool_rows,
+                               seeds=targets[kept])
         if pseudo.rows.numel() > check_pseudo:
             pick = torch.randperm(pseudo.rows.numel(), generator=generator)[:check_pseudo]
             pseudo = PseudoLabels(pseudo.rows[pick], pseudo.classes[pick], pseudo.confidence[pick])

@@ -328,6 +328,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=20)
     p.add_argument("--budget", type=int, default=500)
     p.add_argument("--seeds", type=int, default=5)
+    p.add_argument("--first-seed", type=int, default=0,
+                   help="seeds run are first-seed .. first-seed + seeds - 1 (more seeds for a run made before)")
     p.add_argument("--out", required=True, help="output folder for curves.csv and curves.png")
     p.add_argument("--encoder", default=EngineConfig.encoder, help="Hugging Face name or local path")
     p.add_argument("--mc-samples", type=int, default=EngineConfig.mc_samples)
@@ -382,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  done in {time.time() - start:.1f}s")
 
     rows: list[dict] = []
-    runs = [(spec, seed) for spec in specs for seed in range(args.seeds)]
+    runs = [(spec, seed) for spec in specs for seed in range(args.first_seed, args.first_seed + args.seeds)]
     for done, (spec, seed) in enumerate(runs, 1):
         t0 = time.time()
         learner = ActiveLearner(configs[spec], cache_dir=Path(args.cache_dir))

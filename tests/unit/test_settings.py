@@ -14,9 +14,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_engine_variables_set_the_engine_config():
     settings = Settings.from_env({"MODEL_MODE": "full", "STRATEGY": "bald", "MC_SAMPLES": "8",
-                                  "POWER_BETA": "2.5", "WARM_START": "true", "SEED": "7", "DEVICE": "cpu"})
+                                  "POWER_BETA": "2.5", "WARM_START": "true", "SEED": "7", "DEVICE": "cpu",
+                                  "POSTERIOR": "bootstrap"})
     assert settings.engine == EngineConfig(mode="full", strategy="bald", mc_samples=8, power_beta=2.5,
-                                           warm_start=True, seed=7, device="cpu")
+                                           warm_start=True, seed=7, device="cpu", posterior="bootstrap")
 
 
 def test_defaults_are_the_engine_configs_own():
@@ -34,6 +35,7 @@ def test_every_engine_variable_names_a_config_field():
     ("EXPLORATION", "1.5", "exploration must be in [0, 1)"),
     ("POWER_BETA", "nan", "power_beta must be in [0, 100]"),
     ("DIVERSITY_CLUSTERS", "-1", "diversity_clusters must be >= 0"),
+    ("POSTERIOR", "dropout", "posterior must be one of auto, laplace, bootstrap"),
     ("MC_SAMPLES", "many", "is not an integer"),
     ("WARM_START", "maybe", "is not a boolean"),
 ])

@@ -66,6 +66,18 @@ def test_spreading_labels_each_cluster_from_one_seed():
         propagation.spread(graph, seeds, y[:3], 4)
 
 
+def test_a_class_with_a_single_label_gives_no_pseudo_labels():
+    x, y = clusters(30, 3, 8, 0.05, 4)
+    graph = propagation.graph_of(*propagation.nearest(x))
+    seeds = torch.tensor([0, 1, 30, 31, 60])  # the third class has one label
+    f = propagation.spread(graph, seeds, y[seeds], 3)
+    every = propagation.pseudo_labels(f, torch.arange(90), seeds=y[seeds], min_labels=1)
+    assert set(every.classes.tolist()) == {0, 1, 2}
+    kept = propagation.pseudo_labels(f, torch.arange(90), seeds=y[seeds])
+    assert set(kept.classes.tolist()) == {0, 1}  # the same rows, less the single label's class
+    assert torch.equal(kept.rows, every.rows[every.classes != 2])
+
+
 def test_a_component_without_labels_gets_no_pseudo_label():
     x, y = clusters(15, 2, 8, 0.02, 2)
     graph = propagation.graph_of(*propagation.nearest(x, 3))  # the two clusters are not linked
