@@ -1,5 +1,5 @@
 """The ``linear`` kind: a frozen encoder's cached embeddings + logistic regression with a
-Laplace posterior.
+Laplace or bootstrap posterior.
 
 The model is convex: multinomial (or, multi-label, per-label binary) logistic regression
 with an L2 prior whose strength follows the labelled set's shape (:func:`default_l2`), fitted to
@@ -10,9 +10,11 @@ model carries T weight matrices drawn from a Laplace approximation of the poster
 fit, Kronecker-factored as in K-FAC Laplace (Ritter, Botev & Barber 2018): class c's precision is
 ``max(l2, POSTERIOR_MIN_PRIOR) * I + a_c * G``, with
 ``G = sum_i v_i x_i x_i^T`` the labelled embeddings' second moment and ``a_c`` the mean of
-``p_ic (1 - p_ic)`` at the fit. They are drawn once, at fit time, and saved with the model:
-scoring is T small matrix products per text, the same whatever else is scored with it (rows go
-through them in fixed-size blocks).
+``p_ic (1 - p_ic)`` at the fit; or, from 5 labels a class (``POSTERIOR=auto``, :func:`posterior_for`),
+from the weighted likelihood bootstrap: T refits with the labelled items reweighted at random, each
+with its own bias (:func:`backend.al.logistic.bootstrap_samples`). They are drawn once, at fit
+time, and saved with the model: scoring is T small matrix products per text, the same whatever
+else is scored with it (rows go through them in fixed-size blocks).
 
 Against the MLP head (``head``): the head's fixed 200 Adam steps underfit many classes (CLINC150,
 500 random labels: 0.65 accuracy against 0.76 for this fit) and its ratio of labels saved was lower
@@ -166,7 +168,7 @@ def default_l2(n_labels: int, n_classes: int) -> float:
 
 
 class Kind(KindBase):
-    """Frozen encoder + logistic regression with a Laplace posterior (``MODEL_MODE=linear``)."""
+    """Frozen encoder + logistic regression with a Laplace or bootstrap posterior (``MODEL_MODE=linear``)."""
 
     name = "linear"
     class_weighted = True  # single-label items weighted by inverse class frequency (training.class_weights)
