@@ -210,7 +210,8 @@ def test_samples_can_keep_the_ngram_weights_at_the_fit():
     train, train_labels = keyword_texts(60, 0)
     classes = ["parcel", "refund"]
     targets = F.one_hot(torch.tensor([classes.index(y) for y in train_labels]), 2).float()
-    base = EngineConfig(mode="linear", strategy="bald", mc_samples=8, propagation="off")
+    # posterior_lexical is a choice within the Laplace samples (the bootstrap refits every weight)
+    base = EngineConfig(mode="linear", strategy="bald", mc_samples=8, propagation="off", posterior="laplace")
     spread, kept = (kind_class("linear")(NoSignalBackbone(dataclasses.replace(base, posterior_lexical=p))).fit(
         train, targets, classes, False, None, None).state["weights"] for p in (True, False))
     assert spread.shape == kept.shape == (8, 16 + 2 ** lexical.BITS, 2)
