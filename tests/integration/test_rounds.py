@@ -14,7 +14,7 @@ from backend import jobqueue, projects
 from backend.al.store import ModelStore
 from backend.labeling import parse_label_config
 from backend.labelstudio import LabelStudioError
-from tests.integration.workers_helper import BackgroundWorker, drain
+from tests.integration.workers_helper import BackgroundWorker, drain, ls_calls_of_a_retrain
 from workers.context import WorkerContext
 from workers.task_index import TaskIndex
 
@@ -401,25 +401,16 @@ def test_a_queued_rescore_runs_before_the_next_retrain(web, ls, r, context):
 
 
 def test_a_retrains_rescore_reuses_its_read_of_label_studio_on_its_first_attempt_only(web, ls, r, settings):
-    from collections import Counter
-
     fast = WorkerContext(settings, jobqueue.JobPolicy(retries=2, backoff=(0,)), ls.client)
     store = ModelStore(settings.model_dir / "models")
     _set_up(web, ls)
     drain(r, fast)  # prepare, cold start, first retrain and its re-score
-
-    def reads_of_a_round() -> Counter:
-        before = Counter(ls.calls)
-        jobqueue.enqueue_retrain(r, 1, fast.policy, "test")
-        drain(r, fast)
-        return Counter({k: v - before[k] for k, v in ls.calls.items()})
-
-    reads = reads_of_a_round()
+    reads = ls_calls_of_a_retrain(r, fast, ls)
     assert reads["get_project"] == 1 and reads["list_tasks"] == 1  # the retrain's: its re-score read nothing
     assert reads["count_tasks"] == reads["count_annotations"] == 0  # the project record carries both counts
     assert ls.model_version == store.current(1) and ls.live_predictions()
     ls.fail["import_predictions"] = LabelStudioError("transient (fake)")
-    reads = reads_of_a_round()
+    reads = ls_calls_of_a_retrain(r, fast, ls)
     assert reads["get_project"] == 2 and reads["list_tasks"] == 2  # the retry read LS afresh
     assert ls.model_version == store.current(1)
     assert {p["task"] for p in ls.live_predictions()} == set(ls.tasks) - set(ls.annotations)

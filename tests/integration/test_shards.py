@@ -32,7 +32,7 @@ from rq.registry import FinishedJobRegistry
 from backend import jobqueue, projects
 from backend.al.ranking import TaskScores
 from backend.al.store import ModelStore
-from tests.integration.workers_helper import InProcessWorker, drain
+from tests.integration.workers_helper import InProcessWorker, drain, ls_calls_of_a_retrain
 from workers import lifecycle
 from workers.context import WorkerContext
 from workers.scoring import SHARDS_DIR, load_scores, save_scores, shard_bounds
@@ -130,20 +130,11 @@ def test_a_fan_in_run_twice_publishes_once_and_repeats_its_outcome(r, ls, settin
 
 def test_a_sharded_rescore_publishes_with_the_retrains_read_of_label_studio(r, ls, settings):
     """The retrain's read of LS serves its re-score's fan-out and then its fan-in; a retried fan-in reads LS afresh."""
-    from collections import Counter
-
     from backend.labelstudio import LabelStudioError
 
     sharded = WorkerContext(replace(settings, shard_size=SHARD_SIZE), jobqueue.JobPolicy(retries=2, backoff=(0,)),
                             ls.client)
-
-    def reads_of_a_round() -> Counter:
-        before = Counter(ls.calls)
-        jobqueue.enqueue_retrain(r, 1, sharded.policy, "test")
-        drain(r, sharded)
-        return Counter({k: v - before[k] for k, v in ls.calls.items()})
-
-    reads = reads_of_a_round()
+    reads = ls_calls_of_a_retrain(r, sharded, ls)
     fan_in = jobqueue.latest_rescore(r, 1)
     assert fan_in.func_name == "workers.scoring.publish_ranking" and fan_in.return_value()["shards"] == 3
     assert reads["get_project"] == 1 and reads["list_tasks"] == 1  # the retrain's read, and nothing after it
@@ -152,7 +143,7 @@ def test_a_sharded_rescore_publishes_with_the_retrains_read_of_label_studio(r, l
     assert ls.model_version == version and len(ls.live_predictions(version)) == 22
     ls.annotations[next(iter(set(ls.tasks) - set(ls.annotations)))] = "pos"
     ls.fail["import_predictions"] = LabelStudioError("transient (fake)")  # the fan-in's first attempt fails
-    reads = reads_of_a_round()
+    reads = ls_calls_of_a_retrain(r, sharded, ls)
     assert reads["get_project"] == 2 and reads["list_tasks"] == 2  # its retry read LS afresh
     version = ModelStore(settings.model_dir / "models").current(1)
     assert ls.model_version == version and len(ls.live_predictions(version)) == 21

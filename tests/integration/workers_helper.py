@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 from rq import SimpleWorker
 from rq.timeouts import TimerDeathPenalty
 
@@ -24,6 +26,15 @@ def drain(r, context) -> None:
     """Run every queued job (and the jobs they enqueue) to completion, handing them ``context``."""
     InProcessWorker(list(jobqueue.QUEUES), connection=r, context=context).work(
         burst=True, logging_level="WARNING")
+
+
+def ls_calls_of_a_retrain(r, context, ls, project_id: int = 1) -> Counter:
+    """Enqueue a retrain of the project, drain the queues, and count the fake LS's calls meanwhile
+    (by method: what the retrain and the jobs after it read and wrote)."""
+    before = Counter(ls.calls)
+    jobqueue.enqueue_retrain(r, project_id, context.policy, "test")
+    drain(r, context)
+    return Counter({k: v - before[k] for k, v in ls.calls.items()})
 
 
 class BackgroundWorker(Periodic):
