@@ -123,6 +123,8 @@ class Settings:
     """PUBLISH_TOP_K: how many top-priority tasks get a prediction written to LS; 0 = all."""
     shard_size: int = 12500
     """SHARD_SIZE: a larger unlabelled pool is re-scored in shards of at most this many tasks; 0 = one job."""
+    shard_warm_max: int = 200_000
+    """SHARD_WARM_MAX: a pool up to this size is scored in one job if at most SHARD_SIZE texts need the encoder."""
     keep_versions: int = 3
     """KEEP_VERSIONS: checkpoints kept per project in the model store."""
     reconcile_interval: int = 300
@@ -212,7 +214,7 @@ def _engine(env: Mapping[str, str]) -> EngineConfig:
 
 
 SECRET_FIELDS = ("label_studio_api_key", "basic_auth_pass", "webhook_secret")  # masked in repr
-_MINIMUM = {"retrain_every": 1, "publish_top_k": 0, "shard_size": 0, "keep_versions": 1,
+_MINIMUM = {"retrain_every": 1, "publish_top_k": 0, "shard_size": 0, "shard_warm_max": 0, "keep_versions": 1,
             "reconcile_interval": 0, "job_timeout": 10, "job_retries": 0,
             "port": 1, "web_workers": 1, "embedded_workers": 1, "max_body_bytes": 1024}
 _SECRET_PATTERN = re.compile(r"[A-Za-z0-9_-]{16,}")  # URL-safe as is: it is a path segment

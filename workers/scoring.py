@@ -5,7 +5,8 @@ in the live order. ``publish`` is the one write path, predictions first and then
 ``model_version`` switch, ordered so that a failure at any point leaves LS sampling by the
 previous version. ``predictions_to_publish``, ``percentile_scores`` and ``shard_bounds`` are pure.
 
-A pool of more than SHARD_SIZE tasks is scored in shards (README, "Scaling out"). ``rescore``
+A pool of more than SHARD_SIZE tasks is scored in shards (README, "Scaling out"), unless it is
+warm: at most SHARD_WARM_MAX tasks, at most SHARD_SIZE of them to encode (``_bounds``). ``rescore``
 then writes the pool's snapshot, one input file per shard, and fans out: ``score_shard`` jobs
 (shard queue), run by any worker, score their slice (the per-task step) and save its
 TaskScores; ``publish_ranking``, deferred by RQ until every shard has ended, merges them, orders
@@ -69,7 +70,7 @@ def rescore(context: WorkerContext, project_id: int, version: str | None) -> dic
         model = context.usable_model(project_id, version, project.spec) if version else None
         if version and model is None:
             return _retrain_instead(context, r, project_id, version)
-        bounds = shard_bounds(len(ids), context.settings.shard_size)
+        bounds = _bounds(context, model, texts)
         label_names = project.spec.zero_shot_names()  # what a cold start scores zero-shot against
         if len(bounds) > 1:
             return _fan_out(context, r, project, project_id, version, ids, texts, bounds, label_names)
@@ -114,6 +115,19 @@ def _publish_ranked(context: WorkerContext, r: Redis, project: SyncedProject, pr
         jobqueue.enqueue_prepare_propagation(r, project_id, context.policy)
     metrics.inc(r, "al_tasks_scored_total", amount=len(batch))
     return {"skipped": False, "version": version, "published": len(batch), "pool": len(ids)}
+
+
+def _bounds(context: WorkerContext, model, texts: list[str]) -> list[tuple[int, int]]:
+    """The pool's shards: SHARD_SIZE slices, or the whole pool when it is at most SHARD_WARM_MAX
+    tasks of which at most SHARD_SIZE need the encoder. Sharding spreads encoder work (a cold pool,
+    full-mode MC); scoring a warm pool with a head or linear model is cheaper than the hand-overs."""
+    settings = context.settings
+    bounds = shard_bounds(len(texts), settings.shard_size)
+    if (len(bounds) > 1 and len(texts) <= settings.shard_warm_max
+            and context.learner.encoder_work(model, texts) <= settings.shard_size):
+        log.info("%d tasks to score, at most %d of them through the encoder: one job", len(texts), settings.shard_size)
+        return [(0, len(texts))]
+    return bounds
 
 
 def shard_bounds(n: int, shard_size: int) -> list[tuple[int, int]]:

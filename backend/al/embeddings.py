@@ -229,6 +229,24 @@ class EmbeddingCache:
             found, out = self._lookup_segments(digests)
         return found, None if out is None else torch.from_numpy(out)
 
+    def contains(self, digests: np.ndarray) -> np.ndarray:
+        """Which of digests (N,) the cache holds (N,) bool, without copying their vectors.
+
+        A segment retired by a merge between the listing and the opening reads as not held: the
+        answer may understate what is cached, never overstate it.
+        """
+        digests = np.asarray(digests, dtype=KEY)
+        if self._legacy:
+            return self.lookup(digests)[0]
+        found = np.zeros(len(digests), dtype=bool)
+        for segment in self._segments()[0]:
+            todo = np.flatnonzero(~found)
+            if todo.size == 0:
+                break
+            hit, _ = segment.find(digests[todo])
+            found[todo[hit]] = True
+        return found
+
     def _lookup_segments(self, digests: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         for _ in range(3):  # a merge may retire segments between our listing and our opening
             segments, complete = self._segments()

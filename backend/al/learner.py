@@ -124,6 +124,19 @@ class ActiveLearner:
             progress(len(texts), len(texts))
         return x if x is not None else torch.zeros(0, self._dim_hint())
 
+    def encoder_work(self, model: Model | None, texts: Sequence[str]) -> int:
+        """How many texts scoring ``texts`` with ``model`` (None: the cold start) runs through the
+        encoder: all of them for a kind that encodes per score (``full``), else the distinct texts
+        whose embeddings no cache holds. Costs a SHA-1 per text and a search of the cache's keys."""
+        if model is not None and self.kind(model.kind).encodes_per_score:
+            return len(texts)
+        digests = text_digests(texts)
+        if self.cache is not None:
+            found = self.cache.contains(digests)
+        else:
+            found = self._lookup_memory(digests)[0]
+        return int(np.unique(digests[~found]).size)
+
     def grams(self, texts: Sequence[str], bits: int, digests: np.ndarray | None = None) -> lexical.Rows:
         """Hashed n-gram rows of texts (:func:`backend.al.lexical.features`), read from and added to
         the cache folder when there is one: beside the embeddings, keyed by the same digests (pass

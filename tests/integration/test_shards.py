@@ -43,6 +43,12 @@ FAILING = 1
 SHARD_SIZE = 8  # the fake project's 22 unlabelled tasks: shards of 8, 7 and 7
 
 
+def _sharding(settings, size: int = SHARD_SIZE):
+    """Settings that shard every pool over ``size`` tasks, warm or not (SHARD_WARM_MAX=0): the tests'
+    pools are warm after their first scoring, and the default scores a warm pool in one job."""
+    return replace(settings, shard_size=size, shard_warm_max=0)
+
+
 # -- pure: the split and the saved scores ------------------------------------------------------
 
 @given(n=st.integers(0, 5000), size=st.integers(0, 700))
@@ -92,7 +98,7 @@ def _forget_publishing(r, ls) -> None:
 
 def test_cold_start_in_shards_publishes_the_single_job_order(r, ls, settings):
     ls.annotations.clear()
-    drain_with = {size: WorkerContext.from_settings(replace(settings, shard_size=size), client_factory=ls.client)
+    drain_with = {size: WorkerContext.from_settings(_sharding(settings, size), client_factory=ls.client)
                   for size in (0, SHARD_SIZE)}
     jobqueue.enqueue_rescore(r, 1, None, drain_with[0].policy)
     drain(r, drain_with[0])
@@ -110,11 +116,33 @@ def test_cold_start_in_shards_publishes_the_single_job_order(r, ls, settings):
     assert list((settings.model_dir / SHARDS_DIR / "1").iterdir()) == []  # cleaned after publishing
 
 
+@pytest.mark.parametrize("warm_max", [30, 29])
+def test_a_warm_pool_is_scored_in_one_job_up_to_shard_warm_max(r, ls, settings, warm_max):
+    """Sharding spreads encoder work: a cold pool is sharded; once its embeddings are cached, a pool of
+    at most SHARD_WARM_MAX tasks (30 here) is scored in one job, with the same order; a larger one is not."""
+    ls.annotations.clear()
+    rule = WorkerContext.from_settings(replace(settings, shard_size=SHARD_SIZE, shard_warm_max=warm_max),
+                                       client_factory=ls.client)
+    cold = jobqueue.enqueue_rescore(r, 1, None, rule.policy)
+    drain(r, rule)
+    assert cold.latest_result().return_value["shards"] == 4  # 30 texts to encode > SHARD_SIZE
+    sharded = _published(ls)
+    _forget_publishing(r, ls)
+    warm = jobqueue.enqueue_rescore(r, 1, None, rule.policy)
+    drain(r, rule)
+    result = warm.latest_result().return_value
+    if warm_max >= 30:
+        assert "shards" not in result and result["published"] == 30  # published by the rescore itself
+    else:
+        assert result["shards"] == 4
+    assert _published(ls) == sharded and ls.model_version == projects.cold_start_version(1)
+
+
 def test_a_fan_in_run_twice_publishes_once_and_repeats_its_outcome(r, ls, settings):
     """rq 3.0 may run a fan-in a second time (two shards ending at once each move it to ready):
     the second execution finds the run ended and repeats the first's outcome; nothing is published twice."""
     ls.annotations.clear()
-    sharded = WorkerContext.from_settings(replace(settings, shard_size=SHARD_SIZE), client_factory=ls.client)
+    sharded = WorkerContext.from_settings(_sharding(settings), client_factory=ls.client)
     jobqueue.enqueue_rescore(r, 1, None, sharded.policy)
     drain(r, sharded)
     fan_in = jobqueue.latest_rescore(r, 1)
@@ -132,7 +160,7 @@ def test_a_sharded_rescore_publishes_with_the_retrains_read_of_label_studio(r, l
     """The retrain's read of LS serves its re-score's fan-out and then its fan-in; a retried fan-in reads LS afresh."""
     from backend.labelstudio import LabelStudioError
 
-    sharded = WorkerContext(replace(settings, shard_size=SHARD_SIZE), jobqueue.JobPolicy(retries=2, backoff=(0,)),
+    sharded = WorkerContext(_sharding(settings), jobqueue.JobPolicy(retries=2, backoff=(0,)),
                             ls.client)
     reads = ls_calls_of_a_retrain(r, sharded, ls)
     fan_in = jobqueue.latest_rescore(r, 1)
@@ -154,7 +182,7 @@ def test_shards_of_a_superseded_version_skip_and_publish_nothing(r, ls, settings
     drain(r, context)
     old = ModelStore(settings.model_dir / "models").current(1)
     _forget_publishing(r, ls)
-    sharded = WorkerContext.from_settings(replace(settings, shard_size=SHARD_SIZE), client_factory=ls.client)
+    sharded = WorkerContext.from_settings(_sharding(settings), client_factory=ls.client)
     jobqueue.enqueue_rescore(r, 1, old, sharded.policy)
     # The fan-out runs, then a newer version appears before the shards are scored.
     InProcessWorker(["score"], connection=r, context=sharded).work(burst=True, max_jobs=1, logging_level="WARNING")
@@ -179,7 +207,7 @@ def test_a_shard_delivered_twice_is_scored_once(r, ls, settings, context):
     drain(r, context)
     version, single = ModelStore(settings.model_dir / "models").current(1), _published(ls)
     _forget_publishing(r, ls)
-    sharded = WorkerContext.from_settings(replace(settings, shard_size=SHARD_SIZE), client_factory=ls.client)
+    sharded = WorkerContext.from_settings(_sharding(settings), client_factory=ls.client)
     jobqueue.enqueue_rescore(r, 1, version, sharded.policy)
     InProcessWorker(["score"], connection=r, context=sharded).work(burst=True, max_jobs=1, logging_level="WARNING")
     run = jobqueue.latest_rescore(r, 1).id
@@ -247,7 +275,8 @@ def _worker_processes(count: int, redis_url: str, settings, ls_url: str):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "LABEL_STUDIO_"))}
     env.update(PYTHONPATH=str(ROOT), REDIS_URL=redis_url, MODEL_DIR=str(settings.model_dir),
                ENCODER=settings.engine.encoder, MC_SAMPLES=str(settings.engine.mc_samples), PUBLISH_TOP_K="0",
-               SHARD_SIZE=str(SHARD_SIZE), JOB_RETRIES="1", RECONCILE_INTERVAL="0", LOG_LEVEL="WARNING",
+               SHARD_SIZE=str(SHARD_SIZE), SHARD_WARM_MAX="0", JOB_RETRIES="1", RECONCILE_INTERVAL="0",
+               LOG_LEVEL="WARNING",
                LABEL_STUDIO_URL=ls_url, LABEL_STUDIO_API_KEY="test-token")
     logs = [settings.model_dir.parent / f"worker-{i}.log" for i in range(count)]
     procs = [subprocess.Popen([sys.executable, "-m", "tests.integration.test_shards"], cwd=ROOT, env=env,

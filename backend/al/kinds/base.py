@@ -101,6 +101,9 @@ class KindBase:
     """What kinds share: they are built on the engine's backbone and name themselves."""
 
     name = ""
+    encodes_per_score = False
+    """Whether scoring a text runs the encoder whatever the caches hold (``full``: MC dropout through
+    it); the other kinds score cached embeddings, so a warm pool is cheap to score."""
 
     def __init__(self, backbone: Backbone) -> None:
         self.backbone = backbone
@@ -117,6 +120,7 @@ class ModelKind(Protocol):
     """
 
     name: str
+    encodes_per_score: bool
 
     def fit(self, texts: Sequence[str], targets: torch.Tensor, classes: list[str], multilabel: bool,
             previous: Model | None, progress: Progress | None, pool: Sequence[str] = (),

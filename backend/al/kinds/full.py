@@ -220,6 +220,7 @@ class Kind(KindBase):
     """The whole encoder fine-tuned (``MODEL_MODE=full``): slower, better with enough labels."""
 
     name = "full"
+    encodes_per_score = True
     bf16: bool | None = None
     """bf16 autocast (fp32 weights): None on CUDA only, True wherever native, False never."""
 

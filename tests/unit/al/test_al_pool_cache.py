@@ -75,6 +75,34 @@ def test_a_changed_text_misses_and_only_it_is_encoded(tiny_bert, tmp_path):
     assert torch.equal(x, _learner(tiny_bert, tmp_path / "fresh").embed(changed))
 
 
+def test_contains_says_what_lookup_finds_across_segments(tmp_path):
+    cache = EmbeddingCache(tmp_path, "enc")
+    texts = [f"t{i}" for i in range(30)]
+    for start in range(0, 20, 5):  # four segments
+        cache.store(text_digests(texts[start:start + 5]), torch.ones(5, 2))
+    asked = text_digests(texts[::-1])
+    held = EmbeddingCache(tmp_path, "enc").contains(asked)
+    assert held.tolist() == EmbeddingCache(tmp_path, "enc").lookup(asked)[0].tolist() == [False] * 10 + [True] * 20
+    assert EmbeddingCache(tmp_path, "other").contains(asked).sum() == 0
+
+
+def test_encoder_work_counts_the_distinct_texts_to_encode_and_every_text_for_full_mode(tiny_bert, tmp_path):
+    from backend.al.kinds.base import Model
+
+    learner = _learner(tiny_bert, tmp_path)
+    pool = POOL + [POOL[0], "new one", "new two", "new one"]
+    assert learner.encoder_work(None, pool) == len(set(pool))  # cold: every distinct text once
+    learner.embed(POOL)
+    assert learner.encoder_work(None, pool) == 2  # warm: the two new texts
+    head = Model(["a", "b"], False, learner.identity, "head", {}, 0)
+    full = Model(["a", "b"], False, learner.identity, "full", {}, 0)
+    assert learner.encoder_work(head, pool) == 2
+    assert learner.encoder_work(full, pool) == len(pool)  # MC dropout runs the encoder on each text
+    nocache = ActiveLearner(EngineConfig(encoder=str(tiny_bert)))
+    nocache.embed(POOL[:10])
+    assert nocache.encoder_work(None, POOL) == len(POOL) - 10
+
+
 def test_another_encoder_sees_nothing(tmp_path):
     EmbeddingCache(tmp_path, "enc-a").store(text_digests(["x"]), torch.ones(1, 3))
     found, vectors = EmbeddingCache(tmp_path, "enc-b").lookup(text_digests(["x"]))
