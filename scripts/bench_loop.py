@@ -12,7 +12,9 @@ with a small variation, so every task is a new text), in one run against a real 
   split into webhook + queue, read (LS reads), train, score, publish (import + switch);
 * LS's floor, in the same run and on the same project: LS alone importing the same number of
   predictions (one request) and switching ``model_version``, for ``PUBLISH_TOP_K`` 1000 (the
-  default) and 0 (all);
+  default) and 0 (all); with ``--paired-floors`` also right after each round, so each round has
+  a floor measured on the project as it left it (LS's import slows as a project holds more
+  predictions, and one floor moved by 0.9 s between runs);
 * clean-up: a round while a superseded version's clean-up is pending (enqueued after the
   retrain started: it must run after the round's re-score) and a round while one is running.
 
@@ -433,7 +435,7 @@ def cleanup_job(stack: Stack, pid: int, version: str) -> Job:
 
 def bench_size(ls: LabelStudioServer, pat: str, n: int, rounds: int, workdir: Path, cleanup_only: bool = False,
                chunked_cleanup: bool = False, encoder: str | None = None, cleanup: bool = True,
-               top_ks: tuple[int, ...] = (1000, 0)) -> dict:
+               top_ks: tuple[int, ...] = (1000, 0), paired_floors: bool = False) -> dict:
     api = ls.api(timeout=1800)
     out: dict = {"tasks": n, "load_before": os.getloadavg(), "encoder": encoder or "default"}
     print(f"\n=== {n} tasks; uptime: {subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip()}",
@@ -484,6 +486,24 @@ def bench_size(ls: LabelStudioServer, pat: str, n: int, rounds: int, workdir: Pa
                 t = round_(stack, api, pid, labels)
                 results["rounds"].append(t)
                 show(f"{key} round {i + 1}", t)
+                if paired_floors:  # LS's floor right after the round, on the project as the round left it
+                    stack.wait(stack.idle, 3600, "queues idle after the round")
+                    live = live_version(api, pid)
+                    ids = rng.sample(sorted(labels), t["published"])
+                    f = floor(api, pid, ids, f"p{pid}-v{8000 + i:04d}-f1008{top_k % 10}")
+                    api.call("PATCH", f"/api/projects/{pid}/", json={"model_version": live})
+                    t["paired floor"] = {k: round(v, 3) for k, v in f.items()}
+                    t["round / paired floor"] = round(t["live"] / f["total"], 2)
+                    print(f"      LS's floor right after it: import {f['import']:.2f} s + switch {f['switch']:.2f} s = "
+                          f"{f['total']:.2f} s; round / floor = {t['round / paired floor']:.2f}x", flush=True)
+            if paired_floors:
+                ratios = sorted(r["round / paired floor"] for r in results["rounds"])
+                results["median round / paired floor"] = ratios[len(ratios) // 2] if len(ratios) % 2 else round(
+                    (ratios[len(ratios) // 2 - 1] + ratios[len(ratios) // 2]) / 2, 2)
+                results["rounds / paired floors"] = round(sum(r["live"] for r in results["rounds"]) / sum(
+                    r["paired floor"]["total"] for r in results["rounds"]), 2)
+                print(f"  paired: median round / floor {results['median round / paired floor']:.2f}x, all rounds / "
+                      f"all floors {results['rounds / paired floors']:.2f}x", flush=True)
             # LS's floor, same project, same state: the rounds' clean-ups have finished
             stack.wait(stack.idle, 3600, "clean-up after the rounds")
             live = live_version(api, pid)
@@ -575,6 +595,9 @@ def main() -> int:
     parser.add_argument("--no-cleanup", action="store_true",
                         help="skip the clean-up rounds (at 50k, deleting a version of 50k predictions takes LS "
                              "many minutes)")
+    parser.add_argument("--paired-floors", action="store_true",
+                        help="also measure LS's floor right after each round (same number of predictions, then "
+                             "the loop's version switched back): a ratio per round, beside the one floor at the end")
     parser.add_argument("--cleanup-only", action="store_true",
                         help="only the clean-up rounds (superseded versions imported directly)")
     parser.add_argument("--chunked-cleanup", action="store_true",
@@ -603,7 +626,7 @@ def main() -> int:
         for n in args.sizes:
             results["sizes"][n] = bench_size(ls, pat, n, args.rounds, workdir / f"stack-{n}", args.cleanup_only,
                                              args.chunked_cleanup, encoder, not args.no_cleanup,
-                                             tuple(args.top_k))
+                                             tuple(args.top_k), args.paired_floors)
             if args.json:
                 args.json.write_text(json.dumps(results, indent=1, default=str) + "\n")
     finally:

@@ -102,6 +102,11 @@ class TaskIndex:
             rows = db.execute("SELECT id, text FROM tasks WHERE labelled = 0 ORDER BY id").fetchall()
         return [r[0] for r in rows], [r[1] for r in rows]
 
+    def labelled_texts(self) -> list[str]:
+        """Texts of the tasks marked labelled (:meth:`mark_labelled`), ascending by id."""
+        with closing(self._connect()) as db:
+            return [r[0] for r in db.execute("SELECT text FROM tasks WHERE labelled = 1 ORDER BY id")]
+
     def sample_unlabelled(self, limit: int) -> list[str]:
         """Texts of at most ``limit`` unlabelled tasks, ascending by id: those whose texts have the
         smallest SHA-1 (``hash``, its first 8 bytes; ties by id), the sample

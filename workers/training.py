@@ -113,13 +113,14 @@ def check_propagation(context: WorkerContext, project_id: int, version: str, tas
 
 @takes_context
 def prepare_propagation(context: WorkerContext, project_id: int) -> bool:
-    """The k-NN lists of the project's unlabelled sample (``PROPAGATION_POOL``, as a retrain draws it,
-    from the task index the cold start synced), built after the cold start so the first retrain that
-    checks propagation reads them (:meth:`backend.al.learner.ActiveLearner.prepare_propagation`; queued
-    only where it :meth:`~backend.al.learner.ActiveLearner.may_propagate`)."""
+    """The k-NN lists of the project's graph as a retrain draws it (its labelled texts and the unlabelled
+    sample, ``PROPAGATION_POOL``, from the task index the first publish synced), built after the
+    project's first publish (the cold start, or a first model where LS held labels at first contact) so
+    the first retrain that checks propagation reads them (:meth:`backend.al.learner.ActiveLearner.
+    prepare_propagation`; queued only where it :meth:`~backend.al.learner.ActiveLearner.may_propagate`)."""
     index = TaskIndex(context.settings.model_dir, project_id)
     texts = index.sample_unlabelled(context.settings.engine.propagation_pool)
-    return context.learner.prepare_propagation(texts, report_progress("k-NN lists"))
+    return context.learner.prepare_propagation(texts, report_progress("k-NN lists"), index.labelled_texts())
 
 
 def _train(context: WorkerContext, r: Redis, project_id: int) -> tuple[str | None, dict]:

@@ -270,19 +270,24 @@ class ActiveLearner:
         mode = self.config.mode
         return self.config.propagation != "off" and (mode == AUTO or getattr(kind_class(mode), "propagates", False))
 
-    def prepare_propagation(self, texts: Sequence[str], progress: Progress | None = None) -> bool:
-        """Build and keep the k-NN lists of a project's texts (at most ``propagation_pool``, those with the
-        smallest digests, as a retrain draws them: :func:`backend.al.propagation.sample_by_digest`), so
-        that the first retrain that checks propagation reads them instead of building them (the lists
-        are keyed by the set of texts, which annotating does not change: :mod:`backend.al.neighbours`).
-        The same lists as that retrain would build, so nothing it computes changes. False, and nothing
-        done, where no retrain would propagate (:meth:`may_propagate`) or there are fewer than 2 texts."""
-        if not self.may_propagate() or len(texts) < 2:
+    def prepare_propagation(self, texts: Sequence[str], progress: Progress | None = None,
+                            labelled: Sequence[str] = ()) -> bool:
+        """Build and keep the k-NN lists of a project's graph as a retrain would draw it: the ``labelled``
+        texts and at most ``propagation_pool`` of the unlabelled ``texts``, those with the smallest digests
+        (:func:`backend.al.propagation.sample_by_digest`), so that the first retrain that checks
+        propagation reads them instead of building them (the lists are keyed by the set of texts, which
+        annotating does not change, and a set that drifted by a few texts updates them:
+        :mod:`backend.al.neighbours`). The same lists as that retrain would build, so nothing it
+        computes changes. False, and nothing done, where no retrain would propagate
+        (:meth:`may_propagate`) or there are fewer than 2 texts."""
+        if not self.may_propagate() or len(texts) + len(labelled) < 2:
             return False
         digests = text_digests(texts)
         rows = sample_by_digest(digests, self.config.propagation_pool).numpy()
-        x = self.embed([texts[i] for i in rows.tolist()], progress, digests[rows])  # cached by the cold start
-        self.neighbours(x, digests[rows], NEIGHBOURS)
+        graph = list(labelled) + [texts[i] for i in rows.tolist()]
+        keys = np.concatenate([text_digests(labelled), digests[rows]]) if len(labelled) else digests[rows]
+        x = self.embed(graph, progress, keys)  # cached by the first scoring
+        self.neighbours(x, keys, NEIGHBOURS)
         return True
 
     def defers_check(self, model: Model) -> bool:

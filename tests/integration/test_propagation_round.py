@@ -123,6 +123,38 @@ def test_a_check_of_a_superseded_version_is_neither_run_nor_recorded(ls, r, sett
     assert projects.propagation_check(r, 1) is None
 
 
+def test_the_k_nn_lists_are_built_once_after_the_first_model_where_ls_held_labels_at_first_contact(
+        ls, r, settings, monkeypatch):
+    from backend import jobqueue, projects
+    from backend.al import propagation
+
+    assert len(ls.annotations) == 8  # 4 a class: a first model, too few a class to check propagation
+    context = WorkerContext.from_settings(settings, client_factory=ls.client)
+    web = create_app(settings).test_client()
+    assert web.post("/setup", json={"project": "1.17", "schema": ls.label_config}).status_code == 200
+    drain(r, context)  # prepare, a retrain on LS's labels (no cold start), its re-score, then the lists
+    assert ls.predictions and not any(projects.is_cold_start(p["model_version"]) for p in ls.predictions)
+    (job,) = [j for j in jobqueue.project_jobs(r, 1) if j["name"] == "prepare_propagation"]
+    assert job["status"] == "finished"
+
+    computed, nearest = [], propagation.nearest
+
+    def counted(x, k=propagation.NEIGHBOURS, rows=None):
+        computed.append(len(x) if rows is None else len(rows))
+        return nearest(x, k, rows)
+
+    monkeypatch.setattr(propagation, "nearest", counted)
+    _ten_labels(ls)  # 5 a class: the first retrain that checks reads the lists built after the first model
+    jobqueue.enqueue_retrain(r, 1, context.policy, "10 labels")
+    drain(r, context)
+    model = ModelStore(settings.model_dir / "models").load(1)
+    assert model.stats["propagation_checked_here"] and model.stats["propagation_pool"] == len(ls.tasks) - 10
+    # Its graph (the labelled texts and the unlabelled ones) holds the texts the lists were built on,
+    # the 8 labelled at first contact included: read, nothing computed.
+    assert computed == []
+    assert [j["name"] for j in jobqueue.project_jobs(r, 1)].count("prepare_propagation") == 1  # once
+
+
 def test_the_k_nn_lists_are_built_after_the_cold_start_and_the_first_check_reads_them(ls, r, settings, monkeypatch):
     from backend import jobqueue
     from backend.al import propagation
