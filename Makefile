@@ -51,7 +51,8 @@ bench: dev-venv ls-venv  ## the engine's, the publisher's and the webhook-load b
 	PYTHON=$(PY) bash scripts/bench_engine.sh
 	LS_VENV="$(abspath $(LS_VENV))" $(PY) scripts/bench_publish.py
 	LS_VENV="$(abspath $(LS_VENV))" $(PY) scripts/bench_loop.py --sizes 10000
-	LS_VENV="$(abspath $(LS_VENV))" $(PY) scripts/bench_loop.py --sizes 50000 --encoder wide-1-layer --rounds 1 --no-cleanup
+	LS_VENV="$(abspath $(LS_VENV))" $(PY) scripts/bench_loop.py --sizes 10000 --rounds 5 --top-k 1000 --no-cleanup --paired-floors
+	LS_VENV="$(abspath $(LS_VENV))" $(PY) scripts/bench_loop.py --sizes 50000 --encoder wide-1-layer --rounds 4 --top-k 1000 --no-cleanup --paired-floors
 	LS_VENV="$(abspath $(LS_VENV))" $(PY) scripts/bench_webhooks.py
 	$(PY) scripts/bench_shards.py  # 1 vs 4 worker processes on a 100k pool (add --size N for less)
 
