@@ -112,9 +112,9 @@ def _publish_ranked(context: WorkerContext, r: Redis, project: SyncedProject, pr
     if version:
         record_audit(r, project_id, version, ids, ranking, project.spec, top_k)
     # The pool's k-NN lists, once, after the project's first publish (the cold start, or the first
-    # model's where LS held labels at first contact), so no retrain waits for them.
+    # model's where LS held labels at first contact; again after a reset), so no retrain waits for them.
     if (context.learner.may_propagate() and not project.spec.multilabel
-            and r.set(projects.key(project_id, "knn-lists-queued"), 1, nx=True)):
+            and projects.claim_knn_lists(r, project_id)):
         jobqueue.enqueue_prepare_propagation(r, project_id, context.policy)
     metrics.inc(r, "al_tasks_scored_total", amount=len(batch))
     return {"skipped": False, "version": version, "published": len(batch), "pool": len(ids)}

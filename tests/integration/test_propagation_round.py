@@ -153,6 +153,9 @@ def test_the_k_nn_lists_are_built_once_after_the_first_model_where_ls_held_label
     # the 8 labelled at first contact included: read, nothing computed.
     assert computed == []
     assert [j["name"] for j in jobqueue.project_jobs(r, 1)].count("prepare_propagation") == 1  # once
+    jobqueue.enqueue_reset(r, 1, context.policy)  # the label config changed: its first publish queues them again
+    drain(r, context)
+    assert [j["name"] for j in jobqueue.project_jobs(r, 1)].count("prepare_propagation") == 2
 
 
 def test_the_k_nn_lists_are_built_after_the_cold_start_and_the_first_check_reads_them(ls, r, settings, monkeypatch):
