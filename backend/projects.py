@@ -247,15 +247,19 @@ def record_propagation_check(r: Redis, project_id: int, version: str, check: Seq
 
 
 def forget_propagation_check(r: Redis, project_id: int) -> None:
-    """Drop the recorded check and the mark of the k-NN lists' job (the project's models were reset:
-    their numbers start again, and the texts may be read from another field)."""
-    r.delete(key(project_id, "propagation-check"), key(project_id, "knn-lists-queued"))
+    """Drop the recorded check (the project's models were reset and their numbers start again)."""
+    r.delete(key(project_id, "propagation-check"))
 
 
 def claim_knn_lists(r: Redis, project_id: int) -> bool:
-    """True once per project (until :func:`forget_propagation_check`): whether the caller queues the
-    job that builds the pool's k-NN lists after the project's first publish."""
+    """True once per project (until :func:`forget_knn_lists`): whether the caller queues the job that
+    builds the pool's k-NN lists after the project's first publish."""
     return bool(r.set(key(project_id, "knn-lists-queued"), 1, nx=True))
+
+
+def forget_knn_lists(r: Redis, project_id: int) -> None:
+    """Let the next publish queue the k-NN lists' job again (a reset: the texts may be read from another field)."""
+    r.delete(key(project_id, "knn-lists-queued"))
 
 
 def version_number(version: str) -> int:

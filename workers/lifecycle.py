@@ -45,6 +45,7 @@ def reset_project(context: WorkerContext, project_id: int) -> str:
     audits.forget(r, project_id)
     projects.set_trained_count(r, project_id, None)
     projects.forget_propagation_check(r, project_id)
+    projects.forget_knn_lists(r, project_id)
     projects.clear_changes(r, project_id)
     job_id, _ = jobqueue.enqueue_retrain(r, project_id, context.policy, "label config changed")
     return job_id

@@ -285,7 +285,7 @@ class ActiveLearner:
         digests = text_digests(texts)
         rows = sample_by_digest(digests, self.config.propagation_pool).numpy()
         graph = list(labelled) + [texts[i] for i in rows.tolist()]
-        keys = np.concatenate([text_digests(labelled), digests[rows]]) if len(labelled) else digests[rows]
+        keys = np.concatenate([text_digests(labelled), digests[rows]])
         x = self.embed(graph, progress, keys)  # cached by the first scoring
         self.neighbours(x, keys, NEIGHBOURS)
         return True

@@ -143,14 +143,14 @@ def spread(graph: torch.Tensor, seeds: torch.Tensor, targets: torch.Tensor, n_cl
 
 
 def pseudo_labels(f: torch.Tensor, rows: torch.Tensor, min_confidence: float = MIN_CONFIDENCE,
-                  seeds: torch.Tensor | None = None, min_labels: int = MIN_CLASS_LABELS) -> PseudoLabels:
+                  seed_classes: torch.Tensor | None = None, min_labels: int = MIN_CLASS_LABELS) -> PseudoLabels:
     """Among ``rows`` of F (N, C), those whose largest class share is >= min_confidence and, given the
-    spread's seed classes ``seeds`` (L,), whose class has at least ``min_labels`` of them."""
+    classes of the spread's seeds ``seed_classes`` (L,), whose class has at least ``min_labels`` of them."""
     mass = f[rows].sum(dim=1)
     confidence, classes = (f[rows] / mass.clamp_min(1e-30)[:, None]).max(dim=1)
     keep = (mass > 0) & (confidence >= min_confidence)
-    if seeds is not None:
-        keep &= (torch.bincount(seeds, minlength=f.shape[1]) >= min_labels)[classes]
+    if seed_classes is not None:
+        keep &= (torch.bincount(seed_classes, minlength=f.shape[1]) >= min_labels)[classes]
     return PseudoLabels(rows[keep], classes[keep], confidence[keep])
 
 
@@ -202,7 +202,7 @@ def helps(graph: torch.Tensor, seeds: torch.Tensor, targets: torch.Tensor, n_cla
         held = order[fold::folds]
         kept = torch.cat([order[j::folds] for j in range(folds) if j != fold])
         pseudo = pseudo_labels(spread(graph, seeds[kept], targets[kept], n_classes), pool_rows,
-                               seeds=targets[kept])
+                               seed_classes=targets[kept])
         if pseudo.rows.numel() > check_pseudo:
             pick = torch.randperm(pseudo.rows.numel(), generator=generator)[:check_pseudo]
             pseudo = PseudoLabels(pseudo.rows[pick], pseudo.classes[pick], pseudo.confidence[pick])

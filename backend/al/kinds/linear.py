@@ -279,7 +279,7 @@ class Kind(KindBase):
                 return None, {**stats, "pseudo_labels": 0}
         labels, n_classes = targets.argmax(dim=1), targets.shape[1]
         f = propagation.spread(graph.graph, torch.arange(len(x)), labels, n_classes)
-        pseudo = propagation.pseudo_labels(f, graph.pool_rows, seeds=labels)
+        pseudo = propagation.pseudo_labels(f, graph.pool_rows, seed_classes=labels)
         stats["pseudo_labels"] = int(pseudo.rows.numel())
         if pseudo.rows.numel() == 0:
             return None, stats

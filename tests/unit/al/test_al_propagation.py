@@ -71,9 +71,9 @@ def test_a_class_with_a_single_label_gives_no_pseudo_labels():
     graph = propagation.graph_of(*propagation.nearest(x))
     seeds = torch.tensor([0, 1, 30, 31, 60])  # the third class has one label
     f = propagation.spread(graph, seeds, y[seeds], 3)
-    every = propagation.pseudo_labels(f, torch.arange(90), seeds=y[seeds], min_labels=1)
+    every = propagation.pseudo_labels(f, torch.arange(90), seed_classes=y[seeds], min_labels=1)
     assert set(every.classes.tolist()) == {0, 1, 2}
-    kept = propagation.pseudo_labels(f, torch.arange(90), seeds=y[seeds])
+    kept = propagation.pseudo_labels(f, torch.arange(90), seed_classes=y[seeds])
     assert set(kept.classes.tolist()) == {0, 1}  # the same rows, less the single label's class
     assert torch.equal(kept.rows, every.rows[every.classes != 2])
 
