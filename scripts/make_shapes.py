@@ -31,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from backend.al.datasets import load_tsv, sample_rows, write_tsv  # noqa: E402
+from backend.al.datasets import load_trec, load_tsv, sample_rows, write_tsv  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 Rows = tuple[list[str], list[str]]
@@ -79,19 +79,9 @@ def long(agnews: dict[str, Rows], seed: int) -> dict[str, Rows]:
     return {"pool": _joined(agnews["pool"], 600, 4, rng), "test": _joined(agnews["test"], 200, 4, rng)}
 
 
-def _trec_fine(path: Path) -> Rows:
-    texts, labels = [], []
-    with open(path, encoding="latin-1") as f:
-        for line in f:
-            tag, _, text = line.strip().partition(" ")
-            if text:
-                texts.append(text.strip())
-                labels.append(tag)
-    return texts, labels
-
-
 def trec50(seed: int) -> dict[str, Rows]:
-    return {"pool": _trec_fine(DATA / "trec6" / "train.label"), "test": _trec_fine(DATA / "trec6" / "test.label")}
+    return {"pool": load_trec(DATA / "trec6" / "train.label", fine=True),
+            "test": load_trec(DATA / "trec6" / "test.label", fine=True)}
 
 
 def clinc30(seed: int) -> dict[str, Rows]:

@@ -46,8 +46,9 @@ def load_tsv(path: str | Path) -> tuple[list[str], list[str]]:
     return texts, labels
 
 
-def load_trec(path: str | Path) -> tuple[list[str], list[str]]:
-    """(texts, coarse labels) from a TREC question-classification file (latin-1)."""
+def load_trec(path: str | Path, fine: bool = False) -> tuple[list[str], list[str]]:
+    """(texts, coarse labels) from a TREC question-classification file (latin-1); ``fine``: the
+    whole ``COARSE:fine`` tag as the label (TREC's 50 fine classes)."""
     texts, labels = [], []
     with open(path, encoding="latin-1") as f:
         for number, line in enumerate(f, 1):
@@ -59,7 +60,7 @@ def load_trec(path: str | Path) -> tuple[list[str], list[str]]:
             if not colon or not text:
                 raise ValueError(f"{path}:{number}: expected 'COARSE:fine question text'")
             texts.append(text.strip())
-            labels.append(coarse)
+            labels.append(tag if fine else coarse)
     return texts, labels
 
 

@@ -40,6 +40,7 @@ def test_clean_text_and_trec_loader(tmp_path):
     src.write_bytes("NUM:date When was Ozzy born ?\nHUM:ind Who is caf\xe9 ?\n".encode("latin-1"))
     texts, labels = load_trec(src)
     assert labels == ["NUM", "HUM"] and texts[1] == "Who is caf\xe9 ?"
+    assert load_trec(src, fine=True) == (texts, ["NUM:date", "HUM:ind"])
     write_tsv(tmp_path / "t.tsv", texts, labels)
     assert load_tsv(tmp_path / "t.tsv") == (texts, labels)
 
