@@ -33,6 +33,7 @@ import random
 import re
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -282,7 +283,9 @@ def live_version(api, pid: int) -> str:
 
 
 def floor(api, pid: int, task_ids: list[int], name: str) -> dict:
-    """LS alone: import one prediction per task in one request, then switch model_version to them."""
+    """LS alone: import one prediction per task in one request, then switch model_version to them
+    (timed); then back to the version that was live, so the loop's order is LS's again."""
+    live = live_version(api, pid)
     result = [{"from_name": "label", "to_name": "text", "type": "choices", "value": {"choices": ["World"]}}]
     body = [{"task": t, "result": result, "score": i / len(task_ids), "model_version": name}
             for i, t in enumerate(task_ids)]
@@ -291,6 +294,7 @@ def floor(api, pid: int, task_ids: list[int], name: str) -> dict:
     imported = time.perf_counter()
     api.call("PATCH", f"/api/projects/{pid}/", json={"model_version": name})
     switched = time.perf_counter()
+    api.call("PATCH", f"/api/projects/{pid}/", json={"model_version": live})
     return {"import": imported - start, "switch": switched - imported, "total": switched - start}
 
 
@@ -488,30 +492,25 @@ def bench_size(ls: LabelStudioServer, pat: str, n: int, rounds: int, workdir: Pa
                 show(f"{key} round {i + 1}", t)
                 if paired_floors:  # LS's floor right after the round, on the project as the round left it
                     stack.wait(stack.idle, 3600, "queues idle after the round")
-                    live = live_version(api, pid)
                     ids = rng.sample(sorted(labels), t["published"])
                     f = floor(api, pid, ids, f"p{pid}-v{8000 + i:04d}-f1008{top_k % 10}")
-                    api.call("PATCH", f"/api/projects/{pid}/", json={"model_version": live})
                     t["paired floor"] = {k: round(v, 3) for k, v in f.items()}
                     t["round / paired floor"] = round(t["live"] / f["total"], 2)
                     print(f"      LS's floor right after it: import {f['import']:.2f} s + switch {f['switch']:.2f} s = "
                           f"{f['total']:.2f} s; round / floor = {t['round / paired floor']:.2f}x", flush=True)
             if paired_floors:
-                ratios = sorted(r["round / paired floor"] for r in results["rounds"])
-                results["median round / paired floor"] = ratios[len(ratios) // 2] if len(ratios) % 2 else round(
-                    (ratios[len(ratios) // 2 - 1] + ratios[len(ratios) // 2]) / 2, 2)
+                results["median round / paired floor"] = round(statistics.median(
+                    r["round / paired floor"] for r in results["rounds"]), 2)
                 results["rounds / paired floors"] = round(sum(r["live"] for r in results["rounds"]) / sum(
                     r["paired floor"]["total"] for r in results["rounds"]), 2)
                 print(f"  paired: median round / floor {results['median round / paired floor']:.2f}x, all rounds / "
                       f"all floors {results['rounds / paired floors']:.2f}x", flush=True)
             # LS's floor, same project, same state: the rounds' clean-ups have finished
             stack.wait(stack.idle, 3600, "clean-up after the rounds")
-            live = live_version(api, pid)
             count = results["rounds"][-1]["published"]  # the same number of predictions as the loop's
             ids = rng.sample(sorted(labels), count)
             name = f"p{pid}-v{9000 + top_k % 997:04d}-f1007{top_k % 10}"
             results["floor"] = {k: round(v, 3) for k, v in floor(api, pid, ids, name).items()}
-            api.call("PATCH", f"/api/projects/{pid}/", json={"model_version": live})  # the loop's order again
             f = results["floor"]
             mean = sum(r["live"] for r in results["rounds"]) / len(results["rounds"])
             results["mean round / floor"] = round(mean / f["total"], 2)
