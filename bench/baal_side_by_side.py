@@ -175,16 +175,19 @@ def time_ours(mode: str, path: str, texts: list[str], fit_set: tuple[list[str], 
         model = Model(classes=classes, multilabel=False, encoder=learner.identity, kind=mode, state=state, n_train=0)
     sync(device)
     fitted = time.perf_counter()
+    learner.rank(model, texts[:64])  # as BaaL's side: a warm-up on one batch (loads the network, first kernels)
+    sync(device)
+    warmed = time.perf_counter()
     ranking = learner.rank(model, texts)
     sync(device)
-    cold = time.perf_counter() - fitted
+    cold = time.perf_counter() - warmed
     assert len(ranking.order) == len(texts)
-    out = {"fit_seconds": fitted - start, "fit_labels": 0 if unfitted else len(fit_set[0]), "seconds": cold}
-    if mode == "head":
-        again = time.perf_counter()
-        learner.rank(model, texts)
-        sync(device)
-        out["warm_seconds"] = time.perf_counter() - again
+    out = {"fit_seconds": fitted - start, "fit_labels": 0 if unfitted else len(fit_set[0]),
+           "warm_up_seconds": warmed - fitted, "seconds": cold}
+    again = time.perf_counter()  # again: the pool's token ids (full) or embeddings (head) are in memory now
+    learner.rank(model, texts)
+    sync(device)
+    out["warm_seconds"] = time.perf_counter() - again
     return out
 
 

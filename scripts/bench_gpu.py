@@ -10,10 +10,11 @@ Measures on the machine's device (CUDA when present), in this order, each step o
 - fine-tune on ``--labels`` labels (full mode, the first labels of the pool file), first and warm;
 - token ids of the pool: tokenized into the cache, then read back by a new learner;
 - full-mode MC over the pool (token ids already cached, as in a warm worker),
-  T = ``--mc-samples``, fp32 and bf16, MC_LAYERS = all, 2, 1,
+  T = ``--mc-samples``: fp32 (MC_LAYERS = all, 2, 1), bf16 autocast over fp32 weights, and a
+  bf16 copy of the weights (MC_LAYERS = all, 1; ``Kind.half_weights``),
   with each variant's top-1000 (or top-10%) BALD agreement with fp32 full MC at seed 0: at
   the same seed and at seed 1, beside fp32's own seed-1-vs-seed-0 agreement (the criterion);
-- a whole round: fine-tune + score + rank (no publishing), bf16 full MC;
+- a whole round: fine-tune + score + rank (no publishing), bf16 full MC (autocast, then bf16 weights);
 - head mode: a cold re-score (empty embedding cache, encoder loaded) and warm re-scores (same
   learner; a new learner reading the disk cache).
 Writes ``<out>/bench_gpu.json`` and ``<out>/bench_gpu.md`` (the table).
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import tempfile
@@ -80,11 +82,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def full_learner(args, cache: Path, layers: int, bf16: bool) -> ActiveLearner:
+def full_learner(args, cache: Path, layers: int, bf16: bool, half_weights: bool = False) -> ActiveLearner:
     learner = ActiveLearner(EngineConfig(encoder=args.encoder, mode="full", strategy="bald", mc_samples=args.mc_samples,
                                          mc_layers=layers, device=args.device, exploration=0.0), cache)
     learner.kind().bf16 = bf16
+    learner.kind().half_weights = half_weights
     return learner
+
+
+# (name, bf16, bf16 weights, MC_LAYERS): fp32 every layer first (the reference and the token-cache rows)
+MC_VARIANTS = (("fp32", False, False, 0), ("fp32", False, False, 2), ("fp32", False, False, 1),
+               ("bf16 autocast", True, False, 0), ("bf16 weights", True, True, 0), ("bf16 weights", True, True, 1))
 
 
 def bench_floor(args, texts: list[str], device: torch.device, rows: list[dict]) -> None:
@@ -92,8 +100,13 @@ def bench_floor(args, texts: list[str], device: torch.device, rows: list[dict]) 
     tokenize(tok, texts[:64], 128)
     seconds, tokens = timed(device, lambda: tokenize(tok, texts, 128))
     batches = budget_batches(tokens.lengths, token_budget(device))
-    rows.append({"step": "tokenize once (fast tokenizer, no padding)", "seconds": seconds,
-                 "note": f"{sum(tokens.lengths):,} tokens, {len(batches)} plain batches"})
+    rows.append({"step": "tokenize once (fast tokenizer, no padding; TOKENIZERS_PARALLELISM=false, as the service)",
+                 "seconds": seconds, "note": f"{sum(tokens.lengths):,} tokens, {len(batches)} plain batches"})
+    before = os.environ.get("TOKENIZERS_PARALLELISM")
+    os.environ["TOKENIZERS_PARALLELISM"] = "true"
+    seconds, _ = timed(device, lambda: tokenize(tok, texts, 128))
+    rows.append({"step": "tokenize once, TOKENIZERS_PARALLELISM=true", "seconds": seconds})
+    os.environ["TOKENIZERS_PARALLELISM"] = before or "false"
     for bf16 in (False, True):
         encoder = TextEncoder(args.encoder, device, bf16=bf16)
         encoder.encode(texts[:256])
@@ -118,40 +131,39 @@ def bench_full(args, texts, labels, classes, device, cache: Path, rows: list[dic
                  "note": f"{model.stats.get('steps')} steps of 16"})
     values = {}
     top = agreement_top(len(texts))
-    for bf16 in (False, True):
-        for layers in (0, 2, 1):
-            learner = full_learner(args, cache, layers, bf16)
-            learner.mc_probs(model, texts[:512], seed=0)  # loads the network, warms the kernels
-            seconds, _ = timed(device, lambda lr=learner: lr.kind().tokens(texts))  # ids cached: a warm worker
-            if bf16 is False and layers == 0:
-                rows.append({"step": "token ids of the pool: tokenize into the cache (first learner)",
-                             "seconds": seconds})
-            elif bf16 is False and layers == 2:
-                rows.append({"step": "token ids of the pool: read from the disk cache (new learner)",
-                             "seconds": seconds})
-            seconds, probs = timed(device, lambda lr=learner: lr.mc_probs(model, texts, seed=0))
-            values[bf16, layers, 0] = bald(probs)
-            finite = bool(torch.isfinite(probs).all())
-            values[bf16, layers, 1] = bald(learner.mc_probs(model, texts, seed=1))
-            name = f"full MC T={args.mc_samples} {'bf16' if bf16 else 'fp32'} MC_LAYERS={layers or 'all'}"
-            rows.append({"step": name, "seconds": seconds, "finite": finite,
-                         "agree_same_seed": top_agreement(values[bf16, layers, 0], values[False, 0, 0], top),
-                         "agree_other_seed": top_agreement(values[bf16, layers, 1], values[False, 0, 0], top)})
-    own = top_agreement(values[False, 0, 1], values[False, 0, 0], top)
+    reference = MC_VARIANTS[0]
+    for number, variant in enumerate(MC_VARIANTS):
+        precision, bf16, half, layers = variant
+        learner = full_learner(args, cache, layers, bf16, half)
+        learner.mc_probs(model, texts[:512], seed=0)  # loads the network, warms the kernels
+        seconds, _ = timed(device, lambda lr=learner: lr.kind().tokens(texts))  # ids cached: a warm worker
+        if number < 2:
+            rows.append({"step": f"token ids of the pool: {'tokenize into' if number == 0 else 'read from'} "
+                                 f"the disk cache ({'first' if number == 0 else 'new'} learner)", "seconds": seconds})
+        seconds, probs = timed(device, lambda lr=learner: lr.mc_probs(model, texts, seed=0))
+        values[variant, 0] = bald(probs)
+        finite = bool(torch.isfinite(probs).all())
+        values[variant, 1] = bald(learner.mc_probs(model, texts, seed=1))
+        name = f"full MC T={args.mc_samples} {precision} MC_LAYERS={layers or 'all'}"
+        rows.append({"step": name, "seconds": seconds, "finite": finite,
+                     "agree_same_seed": top_agreement(values[variant, 0], values[reference, 0], top),
+                     "agree_other_seed": top_agreement(values[variant, 1], values[reference, 0], top)})
+    own = top_agreement(values[reference, 1], values[reference, 0], top)
     rows.append({"step": f"fp32 full MC seed-to-seed (top {top})", "agree_other_seed": own})
     for row in rows:
         if "agree_other_seed" in row and row is not rows[-1]:
             row["criterion"] = "pass" if row["agree_other_seed"] >= own - 0.02 else "FAIL"
-    learner = full_learner(args, cache, 0, bf16=True)
-    learner.rank(model, texts[:512])
+    for half in (False, True):
+        learner = full_learner(args, cache, 0, bf16=True, half_weights=half)
+        learner.rank(model, texts[:512])
 
-    def round_() -> None:
-        fresh = learner.fit(texts[:n_labels], labels[:n_labels], classes)
-        learner.rank(fresh, texts)
+        def round_(lr=learner) -> None:
+            fresh = lr.fit(texts[:n_labels], labels[:n_labels], classes)
+            lr.rank(fresh, texts)
 
-    seconds, _ = timed(device, round_)
-    rows.append({"step": f"whole round: fine-tune {n_labels} + score + rank {len(texts)} (bf16, MC_LAYERS=all)",
-                 "seconds": seconds})
+        seconds, _ = timed(device, round_)
+        rows.append({"step": f"whole round: fine-tune {n_labels} + score + rank {len(texts)} "
+                             f"(bf16 {'weights' if half else 'autocast'}, MC_LAYERS=all)", "seconds": seconds})
 
 
 def bench_head(args, texts, labels, classes, device, rows: list[dict]) -> None:

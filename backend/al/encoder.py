@@ -60,8 +60,10 @@ def bf16_supported(device: torch.device) -> bool:
 
 def _autocast(device: torch.device, enabled: bool):
     # bf16 keeps sentence embeddings at cosine >= 0.999 to fp32 (tests check it) and
-    # halves encoding time on CPUs with native bf16; elsewhere it would be slower.
-    if enabled and bf16_supported(device):
+    # halves encoding time on CPUs with native bf16; elsewhere it would be slower. On CUDA
+    # the encoder's weights are bf16 themselves instead (TextEncoder): autocast's per-op
+    # casts made an H100's pass slower than fp32 (docs/BENCHMARKS.md, section 6).
+    if enabled and device.type == "cpu" and bf16_supported(device):
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return nullcontext()
 
@@ -83,6 +85,8 @@ class TextEncoder:
         self.tokenizer = AutoTokenizer.from_pretrained(self.path)
         # Explicit fp32: transformers 5 keeps a checkpoint's stored dtype (an fp16 copy would run in fp16).
         self.model = AutoModel.from_pretrained(self.path, dtype=torch.float32).to(self.device).eval()
+        if bf16 and self.device.type == "cuda" and bf16_supported(self.device):
+            self.model = self.model.to(torch.bfloat16)  # frozen: no fp32 master weights needed
         self.dim = int(self.model.config.hidden_size)
         self.identity = encoder_identity(name, self.path, max_length)
         # No token cache by default: head mode caches the embeddings, so a text's ids are needed once.

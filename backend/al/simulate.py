@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import signal
 import sys
 import time
 from collections import defaultdict
@@ -152,17 +153,19 @@ def seed_set(learner: ActiveLearner, texts: list[str], classes: list[str], seed:
 def run_one(learner: ActiveLearner, pool: tuple[list[str], list[str]], test: tuple[list[str], list[str]],
             classes: list[str], seed: int, seed_size: int, batch_size: int, budget: int,
             answers: Sequence[str] | None = None, trace: StoppingTrace | None = None,
-            cold_start: str = "random") -> list[dict]:
+            cold_start: str = "random", into: list[dict] | None = None) -> list[dict]:
     """One learning curve: rows {labels, accuracy, macro_f1} after each retrain (and the trace's columns).
 
     ``answers`` are what the annotator says for each pool item (default: the pool's labels).
+    ``into``: the list the rows are appended to as they come (a caller stopped mid-curve keeps them).
     """
     texts, labels = pool
     answers = labels if answers is None else answers
     test_gold = torch.tensor([classes.index(y) for y in test[1]])
     labelled = seed_set(learner, texts, classes, seed, seed_size, cold_start)
     unlabelled = sorted(set(range(len(texts))) - set(labelled))
-    rows, model, round_, check = [], None, 0, None
+    rows = [] if into is None else into
+    model, round_, check = None, 0, None
     while True:
         model = learner.fit([texts[i] for i in labelled], [answers[i] for i in labelled], classes, previous=model,
                             pool=[texts[i] for i in unlabelled], check=check)
@@ -357,7 +360,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def _interrupt(signum, _frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: list[str] | None = None) -> int:
+    """The CLI. A run stopped (SIGTERM, Ctrl-C) writes the rows measured so far to curves.csv and exits 130."""
     args = parse_args(argv)
     try:
         pool = load_tsv(args.pool)
@@ -385,19 +393,32 @@ def main(argv: list[str] | None = None) -> int:
 
     rows: list[dict] = []
     runs = [(spec, seed) for spec in specs for seed in range(args.first_seed, args.first_seed + args.seeds)]
-    for done, (spec, seed) in enumerate(runs, 1):
-        t0 = time.time()
-        learner = ActiveLearner(configs[spec], cache_dir=Path(args.cache_dir))
-        answers = noisy_answers(pool[1], classes, args.label_noise, seed) if args.label_noise else pool[1]
-        trace = StoppingTrace(pool, answers, classes, args.stop_set, seed) if args.stopping else None
-        curve = run_one(learner, pool, test, classes, seed, args.seed_size, args.batch_size, args.budget,
-                        answers, trace, args.cold_start)
-        rows += [{"strategy": spec, "seed": seed, **r} for r in curve]
-        eta = (time.time() - start) / done * (len(runs) - done)
-        print(f"[{done}/{len(runs)}] {spec} seed {seed}: accuracy {curve[-1]['accuracy']:.4f} at "
-              f"{curve[-1]['labels']} labels ({time.time() - t0:.1f}s, eta {eta:.0f}s)", flush=True)
+    columns = COLUMNS + STOP_COLUMNS if args.stopping else COLUMNS
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # `timeout` and a stopped worker: keep what was measured
+    try:
+        for done, (spec, seed) in enumerate(runs, 1):
+            t0, curve = time.time(), []
+            learner = ActiveLearner(configs[spec], cache_dir=Path(args.cache_dir))
+            answers = noisy_answers(pool[1], classes, args.label_noise, seed) if args.label_noise else pool[1]
+            trace = StoppingTrace(pool, answers, classes, args.stop_set, seed) if args.stopping else None
+            try:
+                run_one(learner, pool, test, classes, seed, args.seed_size, args.batch_size, args.budget,
+                        answers, trace, args.cold_start, into=curve)
+            finally:
+                rows += [{"strategy": spec, "seed": seed, **r} for r in curve]
+            eta = (time.time() - start) / done * (len(runs) - done)
+            print(f"[{done}/{len(runs)}] {spec} seed {seed}: accuracy {curve[-1]['accuracy']:.4f} at "
+                  f"{curve[-1]['labels']} labels ({time.time() - t0:.1f}s, eta {eta:.0f}s)", flush=True)
+    except KeyboardInterrupt:
+        write_csv(rows, out / "curves.csv", columns)
+        last = f"{rows[-1]['strategy']} seed {rows[-1]['seed']} at {rows[-1]['labels']} labels" if rows else "nothing"
+        print(f"stopped: wrote the {len(rows)} rows measured so far (last: {last}) to {out / 'curves.csv'}",
+              file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
-    write_csv(rows, out / "curves.csv", COLUMNS + STOP_COLUMNS if args.stopping else COLUMNS)
+    write_csv(rows, out / "curves.csv", columns)
     noise = f", {args.label_noise:.0%} label noise" if args.label_noise else ""
     plot(rows, out / "curves.png", f"{Path(args.pool).parent.name or 'pool'}: {len(pool[0])} pool, "
          f"{len(test[0])} test, {args.seeds} seeds{noise}")

@@ -9,6 +9,7 @@ the service's dependencies this runs as
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -127,6 +128,26 @@ def test_bf16_keeps_the_top_of_the_bald_ranking_on_cpu(encoder_path, pool, tmp_p
     _check_agreement(reference, {"bf16": fast}, model, texts[1000:1200])
 
 
+@pytest.mark.skipif(not bf16_supported(torch.device("cpu")), reason="this CPU has no native bf16")
+def test_scoring_with_bf16_weights_keeps_the_ranking_and_trains_in_fp32(encoder_path, pool, tmp_path):
+    texts, labels = pool
+    reference = _learner(encoder_path, tmp_path, mc_samples=10)
+    reference.kind().bf16 = False
+    model = _untrained(reference, sorted(set(labels)))
+    half = _learner(encoder_path, tmp_path, mc_samples=10)
+    half.kind().bf16, half.kind().half_weights = True, True
+    net, precision = half.kind()._scoring_network(len(model.classes), model.state)
+    assert {p.dtype for p in net.parameters()} == {torch.bfloat16} and precision is contextlib.nullcontext
+    _check_agreement(reference, {"bf16 weights": half}, model, texts[1000:1200])
+    # the bf16 copy is the scoring network's alone: training still runs on fp32 master weights
+    trained = half.fit(texts[:40], labels[:40], sorted(set(labels)))
+    assert {v.dtype for v in trained.state.values() if v.is_floating_point()} == {torch.float32}
+    assert {p.dtype for p in half.kind()._network(len(model.classes), None).parameters()} == {torch.float32}
+    # a second model's scores come from its own weights, copied into the same bf16 network
+    again, _ = half.kind()._scoring_network(len(model.classes), trained.state)
+    assert again is net and torch.equal(net.out.weight, trained.state["out.weight"].to(net.out.weight))
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_the_fast_full_path_on_cuda(encoder_path, pool, tmp_path):
@@ -140,11 +161,13 @@ def test_the_fast_full_path_on_cuda(encoder_path, pool, tmp_path):
     model = fast.fit(texts[:200], labels[:200], sorted(set(labels)))
     assert all(torch.isfinite(v).all() for v in model.state.values())
     scored = texts[1000:3000]
-    variants = {"bf16": fast, **{f"bf16 mc_layers={k}": _learner(encoder_path, tmp_path, device="cuda", mc_layers=k)
-                                 for k in (1, 2)}}
+    half = _learner(encoder_path, tmp_path, device="cuda")
+    half.kind().half_weights = True
+    variants = {"bf16": fast, "bf16 weights": half,
+                **{f"bf16 mc_layers={k}": _learner(encoder_path, tmp_path, device="cuda", mc_layers=k) for k in (1, 2)}}
     # MC_LAYERS is only reported: on MiniLM and AG News it falls below the criterion
     # (docs/BENCHMARKS.md, "GPU: full mode and the plain floor"), so it stays opt-in.
-    shares = _check_agreement(reference, variants, model, scored, asserted=("bf16",))
+    shares = _check_agreement(reference, variants, model, scored, asserted=("bf16", "bf16 weights"))
     print("top agreement with fp32 full MC:", shares)
     assert all(0 <= share <= 1 for share in shares.values())
     whole = fast.mc_probs(model, scored[:300], seed=3)

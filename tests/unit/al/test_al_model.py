@@ -57,6 +57,18 @@ def test_bf16_embeddings_keep_accuracy(tiny_bert):
     assert torch.nn.functional.cosine_similarity(fp32, bf16).min() > 0.999
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_the_plain_pass_on_cuda_runs_bf16_weights_and_keeps_the_embeddings(tiny_bert):
+    fp32 = TextEncoder(str(tiny_bert), device="cuda", bf16=False)
+    bf16 = TextEncoder(str(tiny_bert), device="cuda", bf16=True)
+    assert {p.dtype for p in fp32.model.parameters()} == {torch.float32}
+    assert {p.dtype for p in bf16.model.parameters()} == {torch.bfloat16}
+    a, b = fp32.encode(TEXTS), bf16.encode(TEXTS)
+    assert a.dtype == b.dtype == torch.float32 and b.device.type == "cpu"
+    assert torch.nn.functional.cosine_similarity(a, b).min() > 0.999
+
+
 def test_pick_device():
     assert pick_device("cpu").type == "cpu"
     if not torch.cuda.is_available():

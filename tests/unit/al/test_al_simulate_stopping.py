@@ -92,3 +92,32 @@ def test_sample_rows_is_a_seeded_subset_that_keeps_pairs():
     assert a == sample_rows(texts, labels, 30, seed=0) and a != sample_rows(texts, labels, 30, seed=1)
     assert len(a[0]) == 30 and len(set(a[0])) == 30
     assert all(y == "y" + t[1:] for t, y in zip(*a, strict=True))
+
+
+def test_a_stopped_simulation_writes_the_rows_it_measured(agnews_pool, tiny_bert, tmp_path, monkeypatch):
+    """`timeout` (SIGTERM) mid-curve: curves.csv holds the finished runs and the stopped run's rows, exit 130."""
+    import signal
+
+    from backend.al.datasets import write_tsv
+
+    texts, labels = agnews_pool
+    write_tsv(tmp_path / "pool.tsv", texts[:60], labels[:60])
+    write_tsv(tmp_path / "test.tsv", texts[6000:6020], labels[6000:6020])
+    calls = []
+
+    def run_one(*args, into, **kwargs):
+        calls.append(len(calls))
+        into += [{"labels": 10 * n, "accuracy": 0.5, "macro_f1": 0.4} for n in (1, 2)]
+        if len(calls) == 2:  # the second seed is stopped after two rounds
+            signal.raise_signal(signal.SIGTERM)
+        return into
+
+    monkeypatch.setattr(simulate, "run_one", run_one)
+    before = signal.getsignal(signal.SIGTERM)
+    code = simulate.main(["--pool", str(tmp_path / "pool.tsv"), "--test", str(tmp_path / "test.tsv"),
+                          "--out", str(tmp_path / "out"), "--encoder", str(tiny_bert), "--seeds", "3",
+                          "--strategy", "random", "--cache-dir", str(tmp_path / "cache")])
+    assert code == 130 and len(calls) == 2
+    rows = list(csv.DictReader(open(tmp_path / "out" / "curves.csv")))
+    assert [(r["seed"], r["labels"]) for r in rows] == [("0", "10"), ("0", "20"), ("1", "10"), ("1", "20")]
+    assert signal.getsignal(signal.SIGTERM) is before
