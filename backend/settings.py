@@ -55,8 +55,8 @@ ENGINE_VARIABLES: dict[str, tuple[str, str]] = {
     "MODEL_MODE": ("mode", f"model kind: `auto` or {' or '.join(f'`{k}`' for k in KINDS)} (a module each in "
                            "`backend/al/kinds/`); `linear` is logistic regression on cached embeddings, `head` "
                            "an MC-dropout MLP on them, `full` fine-tunes the whole transformer, `reference` is "
-                           "the plain baseline; `auto` trains `full` on a CUDA worker once every class has >= 2 "
-                           "labels and >= 8 on average, `linear` otherwise."),
+                           "the plain baseline; `auto` trains `full` on a CUDA worker once the median class has "
+                           ">= 2 labels and the mean >= 8, `linear` otherwise."),
     "STRATEGY": ("strategy", f"acquisition function: {', '.join(STRATEGIES)}."),
     "MC_SAMPLES": ("mc_samples", "MC-dropout samples T per task."),
     "MC_LAYERS": ("mc_layers", "full mode: sample dropout only in the last k encoder layers and the classifier "
