@@ -61,6 +61,9 @@ ENGINE_VARIABLES: dict[str, tuple[str, str]] = {
     "MC_SAMPLES": ("mc_samples", "MC-dropout samples T per task."),
     "MC_LAYERS": ("mc_layers", "full mode: sample dropout only in the last k encoder layers and the classifier "
                                "(the layers below run once per text); 0 = every layer."),
+    "FULL_EPOCHS": ("full_epochs", "full mode: the fewest epochs over the labels each fine-tune runs (at least 60 "
+                                   "steps of 16 either way), from the pretrained encoder; BaaL's examples use 20, "
+                                   "which costs about 4x the GPU time per round at 100+ labels."),
     "POSTERIOR": ("posterior", "`linear` kind: how the T weight samples that BALD and variation ratios read are "
                                "drawn: `laplace` (Kronecker-factored Laplace around the fit), `bootstrap` (T refits "
                                "with the labels reweighted at random, side by side on the worker's threads) or "

@@ -306,7 +306,8 @@ class Kind(KindBase):
             return logits.float()
 
         fit_stats = fit(net, forward, len(texts), targets.to(self.backbone.device), multilabel,
-                        dataclasses.replace(TRAINING, seed=self.backbone.config.seed), progress)
+                        dataclasses.replace(TRAINING, seed=self.backbone.config.seed,
+                                            min_epochs=self.backbone.config.full_epochs), progress)
         return Model(classes=list(classes), multilabel=multilabel, encoder=self.backbone.identity, kind=self.name,
                      state={k: v.detach().cpu().clone() for k, v in net.state_dict().items()},
                      n_train=len(texts), stats=stats_of(targets, previous is not None, fit_stats))

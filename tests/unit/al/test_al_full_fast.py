@@ -97,6 +97,17 @@ def test_mc_layers_repeats_the_lower_layers_output_exactly(encoder_path):
         EngineConfig(mc_layers=-1)
 
 
+def test_full_epochs_sets_the_fewest_epochs_of_each_fine_tune(encoder_path, pool, tmp_path):
+    texts, labels = pool
+    texts, labels = texts[:40], labels[:40]  # 3 batches of 16: 5 epochs are 15 steps, so 60 apply
+    classes = sorted(set(labels))
+    assert _learner(encoder_path, tmp_path, mc_samples=2).fit(texts, labels, classes).stats["steps"] == 60
+    longer = _learner(encoder_path, tmp_path, mc_samples=2, full_epochs=30).fit(texts, labels, classes)
+    assert longer.stats["steps"] == 90
+    with pytest.raises(ValueError, match="full_epochs"):
+        EngineConfig(full_epochs=0)
+
+
 def _untrained(learner: ActiveLearner, classes: list[str]) -> Model:
     """The seeded initial network as a model, its output layer scaled up: the tiny random BERT
     learns nothing from a few labels (skipping the fit keeps this fast on a loaded CPU), and with
