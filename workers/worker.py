@@ -5,6 +5,10 @@ rq's own CLI cannot pass one, so it takes :class:`EnvironmentWorker`, which read
 from the environment: ``rq worker score shard train cleanup --with-scheduler -w workers.worker.EnvironmentWorker``.
 The main process imports the engine's modules once (``PRELOAD``), so work-horses start warm, but
 never touches CUDA: the engine is built inside the work-horse, on first use.
+
+``python -m workers --in-process`` (or ``-w workers.worker.EnvironmentInProcessWorker``) runs jobs in
+the worker's own process instead (:class:`InProcessWorker`): meant for GPU workers, whose CUDA
+context, networks and token ids then stay warm from one job to the next.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import logging
 import time
 
 import redis
-from rq import Worker
+from rq import SimpleWorker, Worker
 from rq.job import Job
 
 from backend import jobqueue, metrics
@@ -133,6 +137,27 @@ class ReconcilingWorker(ContextWorker):
 
 class EnvironmentWorker(ReconcilingWorker):
     """For rq's CLI, which cannot pass a context: builds it from ``Settings.from_env()``."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, context=WorkerContext.from_settings(Settings.from_env()), **kwargs)
+
+
+class InProcessWorker(SimpleWorker, ReconcilingWorker):
+    """A :class:`ReconcilingWorker` that runs every job in its own process, not in a forked work-horse.
+
+    For GPU workers: a forked work-horse starts CUDA, loads the network onto the device and pays
+    the first pass over each batch shape again for every job; in one process these stay warm (on
+    an H100, full-mode MC over a 10k pool took 8.45 s the first time in a process, 1.64 s the
+    next: docs/BENCHMARKS.md, "The real BaaL, side by side"). The engine's caches (networks, token
+    ids, embeddings) grow with the projects a worker serves. The price is isolation: a job that
+    kills the process (the OOM killer, a segfault) takes the worker with it; RQ retries the job
+    once its heartbeat lapses (its timeout + 60 s) when a worker next cleans the registries, and a
+    supervisor (compose's restart policy) brings the worker back. Job timeouts still apply (SIGALRM).
+    """
+
+
+class EnvironmentInProcessWorker(InProcessWorker):
+    """:class:`InProcessWorker` for rq's CLI: builds its context from ``Settings.from_env()``."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, context=WorkerContext.from_settings(Settings.from_env()), **kwargs)

@@ -42,12 +42,14 @@ def _run_worker(redis_url: str, tmp_path: Path, tiny_encoder: str,
     return subprocess.run(list(command), cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
 
 
-def test_worker_process_fails_a_job_and_runs_the_next(redis_url, r, tmp_path, tiny_encoder):
+@pytest.mark.parametrize("flags", [(), ("--in-process",)], ids=["work-horses", "in-process"])
+def test_worker_process_fails_a_job_and_runs_the_next(redis_url, r, tmp_path, tiny_encoder, flags):
+    command = (sys.executable, "-m", "workers", "--burst", *flags)
     policy = jobqueue.JobPolicy(retries=0)
     first, outcome = jobqueue.enqueue_retrain(r, 1, policy, "test")
     assert outcome == "enqueued"
     stale = jobqueue.enqueue_rescore(r, 1, "p1-v0009-abcdef", policy)
-    result = _run_worker(redis_url, tmp_path, tiny_encoder)
+    result = _run_worker(redis_url, tmp_path, tiny_encoder, command)
     assert result.returncode == 0, result.stderr[-2000:]
     # LS is unreachable: the retrain raised in the work-horse and RQ kept it as failed.
     assert FailedJobRegistry("train", connection=r).get_job_ids() == [first]
@@ -56,17 +58,18 @@ def test_worker_process_fails_a_job_and_runs_the_next(redis_url, r, tmp_path, ti
     # A failed job never blocks the next retrain: a new job is enqueued and runs.
     second, outcome = jobqueue.enqueue_retrain(r, 1, policy, "test")
     assert outcome == "enqueued" and second != first
-    assert _run_worker(redis_url, tmp_path, tiny_encoder).returncode == 0
+    assert _run_worker(redis_url, tmp_path, tiny_encoder, command).returncode == 0
     assert set(FailedJobRegistry("train", connection=r).get_job_ids()) == {first, second}
     assert FinishedJobRegistry("score", connection=r).get_job_ids() == [stale.id]
 
 
-def test_rq_cli_runs_our_jobs_with_the_environment_worker(redis_url, r, tmp_path, tiny_encoder):
+@pytest.mark.parametrize("worker_class", ["EnvironmentWorker", "EnvironmentInProcessWorker"])
+def test_rq_cli_runs_our_jobs_with_the_environment_worker(redis_url, r, tmp_path, tiny_encoder, worker_class):
     """rq's own CLI cannot pass a context: EnvironmentWorker builds it from the environment."""
     stale = jobqueue.enqueue_rescore(r, 1, "p1-v0009-abcdef", jobqueue.JobPolicy(retries=0))
     rq_cli = str(Path(sys.executable).parent / "rq")
     result = _run_worker(redis_url, tmp_path, tiny_encoder, (
-        rq_cli, "worker", "--burst", "--url", redis_url, "-w", "workers.worker.EnvironmentWorker", *jobqueue.QUEUES))
+        rq_cli, "worker", "--burst", "--url", redis_url, "-w", f"workers.worker.{worker_class}", *jobqueue.QUEUES))
     assert result.returncode == 0, result.stderr[-2000:]
     assert Job.fetch(stale.id, connection=r).return_value()["skipped"] is True
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sys
 
+import pytest
+
 from backend import embedded
 from backend.embedded import Stack
 
@@ -56,3 +58,23 @@ def test_a_worker_refuses_unknown_queues(capsys):
 
     assert main(["--queues", "score,bogus"]) == 2
     assert "choose from" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags, expected", [([], "ReconcilingWorker"), (["--in-process"], "InProcessWorker")])
+def test_in_process_picks_the_worker_that_runs_jobs_without_forking(monkeypatch, flags, expected):
+    from rq import SimpleWorker
+
+    import workers.__main__ as cli
+    from workers import worker
+
+    assert issubclass(worker.InProcessWorker, SimpleWorker) and issubclass(worker.InProcessWorker,
+                                                                          worker.ReconcilingWorker)
+    assert not issubclass(worker.ReconcilingWorker, SimpleWorker)
+    started = []
+    for name in ("InProcessWorker", "ReconcilingWorker"):
+        monkeypatch.setattr(cli, name, type(name, (), {
+            "__init__": lambda self, queues, **kw: started.append(type(self).__name__),
+            "work": lambda self, **kw: None}))
+    monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:1")
+    assert cli.main(["--burst", *flags]) == 0
+    assert started == [expected]
