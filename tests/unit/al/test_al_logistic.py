@@ -97,5 +97,10 @@ def test_a_fit_on_more_threads_is_the_same_optimum_and_repeats_its_own_bits():
     two = fit_logistic(design, targets, False, 0.1, threads=2)
     again = fit_logistic(design, targets, False, 0.1, threads=2)
     assert torch.get_num_threads() == before  # the thread count is restored
-    assert (one[0] - two[0]).abs().max() < 1e-9 and (one[1] - two[1]).abs().max() < 1e-9
+    # Sums in another order can send L-BFGS down another path to the optimum (on one CPU 1e-14 apart in
+    # the weights, on another 405 against 218 steps on these random labels): the same optimum means
+    # the same objective and the same probabilities, to the convergence tolerance.
+    assert abs(one[2]["train_loss"] - two[2]["train_loss"]) < 1e-8
+    x = design.to_dense().double()
+    assert (torch.softmax(x @ one[0] + one[1], 1) - torch.softmax(x @ two[0] + two[1], 1)).abs().max() < 1e-3
     assert torch.equal(two[0], again[0]) and torch.equal(two[1], again[1])
