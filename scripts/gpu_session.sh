@@ -8,7 +8,8 @@
 #   bash scripts/gpu_session.sh labels $OUT agnews trec6  # 2: MODEL_MODE=auto (full on CUDA) against random, budget 500
 #   bash scripts/gpu_session.sh baal $OUT         # 3: bench/baal_gpu.sh, the real BaaL beside ours (needs .gpu/site)
 #
-# `labels` runs one process per (strategy, seed) side by side on the one GPU: STRATEGIES ("default
+# `labels` runs one process per (dataset, strategy, seed) side by side on the one GPU (each holds up
+# to 8 GB of its memory: at most 9 on an 80 GB card, or some die out of memory): STRATEGIES ("default
 # random"), seeds FIRST_SEED (0) to FIRST_SEED + SEEDS - 1 (SEEDS 3), BUDGET (500), the first LIMIT_POOL
 # pool rows (3,000, as issue 7's H100 table; 0 = all) and LIMIT_TEST test rows (2,000). Each is bounded
 # by SECONDS_EACH (540): a run stopped there writes the rows it measured to its curves.csv (so the
