@@ -8,11 +8,11 @@
 #   bash scripts/gpu_session.sh labels $OUT agnews trec6  # 2: MODEL_MODE=auto (full on CUDA) against random, budget 500
 #   bash scripts/gpu_session.sh baal $OUT         # 3: bench/baal_gpu.sh, the real BaaL beside ours (needs .gpu/site)
 #
-# `labels` runs one process per (dataset, strategy, seed) side by side on the one GPU (each holds up
-# to 8 GB of its memory: at most 9 on an 80 GB card, or some die out of memory): STRATEGIES ("default
+# `labels` runs one process per (dataset, strategy, seed) side by side on the one GPU, MAX_PROCS (8)
+# at a time (each holds up to 8 GB of its memory; 12 at once ran an 80 GB card out): STRATEGIES ("default
 # random"), seeds FIRST_SEED (0) to FIRST_SEED + SEEDS - 1 (SEEDS 3), BUDGET (500), the first LIMIT_POOL
 # pool rows (3,000, as issue 7's H100 table; 0 = all) and LIMIT_TEST test rows (2,000). Each is bounded
-# by SECONDS_EACH (540): a run stopped there writes the rows it measured to its curves.csv (so the
+# by SECONDS_EACH (540) and all by SECONDS_ALL (560) from the start: a run stopped there writes the rows it measured to its curves.csv (so the
 # accuracy at 100 labels is there, the ratios need whole curves); if runs do not end, split the
 # seeds over two calls (SEEDS=2, then FIRST_SEED=2 SEEDS=1).
 # Bring the curves back, then here:
@@ -66,6 +66,7 @@ labels)
     [ $# -gt 0 ] || { echo "give agnews and/or trec6" >&2; exit 2; }
     mkdir -p "$back"
     first="${FIRST_SEED:-0}"
+    deadline=$(( $(date +%s) + ${SECONDS_ALL:-560} ))  # every run ends by then, however late it started
     for ds in "$@"; do
         out="/tmp/gpu-session/labels-$ds"  # many files: they come back as one archive (8 files at most come back)
         mkdir -p "$out"
@@ -79,8 +80,12 @@ labels)
         for strategy in ${STRATEGIES:-default random}; do
             for seed in $(seq "$first" $((first + ${SEEDS:-3} - 1))); do
                 dir="$out/$(echo "$strategy" | tr '/=' '_-')-seed$seed"
+                while [ "$(jobs -rp | wc -l)" -ge "${MAX_PROCS:-8}" ]; do sleep 1; done  # GPU memory
+                left=$(( deadline - $(date +%s) ))
+                each=$(( ${SECONDS_EACH:-540} < left ? ${SECONDS_EACH:-540} : left ))
+                [ "$each" -gt 10 ] || { echo "no time left for $dir" >&2; continue; }
                 # stopped by timeout, a run writes the rows it measured (curves.csv) and exits 130
-                timeout "${SECONDS_EACH:-540}" "$PY" -m backend.al.simulate --pool "$pool" --test "$test" \
+                timeout "$each" "$PY" -m backend.al.simulate --pool "$pool" --test "$test" \
                     --strategy "$strategy" --seed-size 20 --batch-size 20 --budget "${BUDGET:-500}" --seeds 1 \
                     --first-seed "$seed" --limit-pool "${LIMIT_POOL:-3000}" --limit-test "${LIMIT_TEST:-2000}" \
                     --encoder .gpu/minilm --cache-dir "/tmp/gpu-session-cache-$ds" --out "$dir" >"$dir.log" 2>&1 &
