@@ -168,7 +168,7 @@ def bench_full(args, texts, labels, classes, device, cache: Path, rows: list[dic
 
 def bench_head(args, texts, labels, classes, device, rows: list[dict]) -> None:
     n_labels = min(args.labels, len(texts) // 2)
-    config = EngineConfig(encoder=args.encoder, mc_samples=args.mc_samples, device=args.device)
+    config = EngineConfig(encoder=args.encoder, mode="head", mc_samples=args.mc_samples, device=args.device)
     with tempfile.TemporaryDirectory() as train_cache, tempfile.TemporaryDirectory() as cache:
         model = ActiveLearner(config, Path(train_cache)).fit(texts[:n_labels], labels[:n_labels], classes)
         learner = ActiveLearner(config, Path(cache))
