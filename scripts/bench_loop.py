@@ -96,10 +96,11 @@ class _Timed:
 
 def run_worker() -> int:
     """``bench_loop.py --worker``: one forking RQ worker on our queues, as ``python -m workers``,
-    whose LS client and learner record their calls' wall times (settings from the environment)."""
+    whose LS client and learner record their calls' wall times (settings from the environment);
+    with BENCH_IN_PROCESS=1 (``--in-process``) the in-process worker, as ``python -m workers --in-process``."""
     from backend.settings import Settings
     from workers.context import WorkerContext
-    from workers.worker import ContextJob, ReconcilingWorker
+    from workers.worker import ContextJob, InProcessWorker, ReconcilingWorker
 
     class TimedJob(ContextJob):
         def _execute(self):
@@ -138,7 +139,8 @@ def run_worker() -> int:
     context = TimedContext.from_settings(settings, client_factory=lambda url, key: _Timed(
         LabelStudioClient(url, key)))
     connection = Redis.from_url(settings.redis_url)
-    worker = ReconcilingWorker(list(jobqueue.QUEUES), connection=connection, context=context)
+    worker_class = InProcessWorker if os.environ.get("BENCH_IN_PROCESS") == "1" else ReconcilingWorker
+    worker = worker_class(list(jobqueue.QUEUES), connection=connection, context=context)
     worker.job_class = TimedJob
     worker.work(with_scheduler=True, logging_level="WARNING")
     return 0
@@ -441,7 +443,8 @@ def bench_size(ls: LabelStudioServer, pat: str, n: int, rounds: int, workdir: Pa
                chunked_cleanup: bool = False, encoder: str | None = None, cleanup: bool = True,
                top_ks: tuple[int, ...] = (1000, 0), paired_floors: bool = False) -> dict:
     api = ls.api(timeout=1800)
-    out: dict = {"tasks": n, "load_before": os.getloadavg(), "encoder": encoder or "default"}
+    out: dict = {"tasks": n, "load_before": os.getloadavg(), "encoder": encoder or "default",
+                 "worker": "in-process" if os.environ.get("BENCH_IN_PROCESS") == "1" else "forking"}
     print(f"\n=== {n} tasks; uptime: {subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip()}",
           flush=True)
     pid, labels, seconds = make_project(api, n)
@@ -601,7 +604,10 @@ def main() -> int:
                         help="only the clean-up rounds (superseded versions imported directly)")
     parser.add_argument("--chunked-cleanup", action="store_true",
                         help="the worker's clean-up job deletes in chunks and yields to waiting score/train jobs")
+    parser.add_argument("--in-process", action="store_true",
+                        help="the worker runs jobs in its own process (python -m workers --in-process), not forked")
     args = parser.parse_args()
+    os.environ["BENCH_IN_PROCESS"] = "1" if args.in_process else "0"  # the Stack hands it to its worker
     if any(n < 100 for n in args.sizes) or args.rounds < 1 or any(k < 0 for k in args.top_k):
         parser.error("sizes must be >= 100 tasks, --rounds >= 1 and --top-k values >= 0")
     if not (args.no_cleanup or args.cleanup_only) and sorted(args.top_k) != [0, 1000]:
