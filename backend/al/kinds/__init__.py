@@ -10,6 +10,7 @@ Adding a kind: write ``backend/al/kinds/<name>.py`` with a ``Kind`` class, add o
 from __future__ import annotations
 
 import importlib
+import statistics
 
 KINDS: dict[str, str] = {
     "head": "backend.al.kinds.head",  # frozen encoder + MC-dropout MLP on cached embeddings
@@ -44,11 +45,11 @@ def choose_kind(mode: str, device_type: str, class_counts: list[int] | tuple[int
     """
     if mode != AUTO:
         return mode
-    counts = sorted(class_counts)
+    counts = list(class_counts)
     if device_type != "cuda" or not counts:
         return CPU_KIND
-    median = (counts[(len(counts) - 1) // 2] + counts[len(counts) // 2]) / 2
-    return "full" if median >= FULL_MIN_MEDIAN and sum(counts) / len(counts) >= FULL_MIN_MEAN else CPU_KIND
+    enough = statistics.median(counts) >= FULL_MIN_MEDIAN and statistics.mean(counts) >= FULL_MIN_MEAN
+    return "full" if enough else CPU_KIND
 
 
 def kind_class(name: str):

@@ -263,15 +263,14 @@ class Kind(KindBase):
 
     def _scoring_network(self, classes: int, state: dict[str, torch.Tensor]):
         """(network, context factory) for scoring: the fp32 network under autocast, or its bf16 copy."""
-        net = self._network(classes, state)
         if not (self.half_weights and self._bf16()):
-            return net, self._autocast
+            return self._network(classes, state), self._autocast
         key = (classes, self.backbone.config.seed)
         with torch.inference_mode(False):
-            if key not in self._half_nets:
-                self._half_nets[key] = copy.deepcopy(net).to(torch.bfloat16)
+            if key not in self._half_nets:  # built once from the fp32 network, then loaded directly
+                self._half_nets[key] = copy.deepcopy(self._network(classes, state)).to(torch.bfloat16)
             else:
-                self._half_nets[key].load_state_dict(net.state_dict())  # cast on the device
+                self._half_nets[key].load_state_dict(state)  # cast to bf16 as it is copied in
         return self._half_nets[key], nullcontext
 
     def _network(self, classes: int, state: dict[str, torch.Tensor] | None) -> FullClassifier:

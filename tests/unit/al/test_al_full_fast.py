@@ -128,25 +128,28 @@ def test_mc_layers_keeps_the_top_of_the_bald_ranking(encoder_path, pool, tmp_pat
     print(_check_agreement(reference, variants, model, texts[1000:1200]))
 
 
-@pytest.mark.skipif(not bf16_supported(torch.device("cpu")), reason="this CPU has no native bf16")
-def test_bf16_keeps_the_top_of_the_bald_ranking_on_cpu(encoder_path, pool, tmp_path):
-    texts, labels = pool
+def _bf16_against_fp32(encoder_path, pool, tmp_path, half_weights: bool):
+    """(fp32 reference learner, an untrained model, a bf16 learner: autocast or bf16 weights)."""
     reference = _learner(encoder_path, tmp_path, mc_samples=10)
     reference.kind().bf16 = False
-    model = _untrained(reference, sorted(set(labels)))
+    model = _untrained(reference, sorted(set(pool[1])))
     fast = _learner(encoder_path, tmp_path, mc_samples=10)
-    fast.kind().bf16 = True
-    _check_agreement(reference, {"bf16": fast}, model, texts[1000:1200])
+    fast.kind().bf16, fast.kind().half_weights = True, half_weights
+    return reference, model, fast
+
+
+@pytest.mark.skipif(not bf16_supported(torch.device("cpu")), reason="this CPU has no native bf16")
+def test_bf16_autocast_keeps_the_top_of_the_bald_ranking_on_cpu(encoder_path, pool, tmp_path):
+    reference, model, fast = _bf16_against_fp32(encoder_path, pool, tmp_path, half_weights=False)
+    net, precision = fast.kind()._scoring_network(len(model.classes), model.state)
+    assert {p.dtype for p in net.parameters()} == {torch.float32} and precision == fast.kind()._autocast
+    _check_agreement(reference, {"bf16": fast}, model, pool[0][1000:1200])
 
 
 @pytest.mark.skipif(not bf16_supported(torch.device("cpu")), reason="this CPU has no native bf16")
 def test_scoring_with_bf16_weights_keeps_the_ranking_and_trains_in_fp32(encoder_path, pool, tmp_path):
     texts, labels = pool
-    reference = _learner(encoder_path, tmp_path, mc_samples=10)
-    reference.kind().bf16 = False
-    model = _untrained(reference, sorted(set(labels)))
-    half = _learner(encoder_path, tmp_path, mc_samples=10)
-    half.kind().bf16, half.kind().half_weights = True, True
+    reference, model, half = _bf16_against_fp32(encoder_path, pool, tmp_path, half_weights=True)
     net, precision = half.kind()._scoring_network(len(model.classes), model.state)
     assert {p.dtype for p in net.parameters()} == {torch.bfloat16} and precision is contextlib.nullcontext
     _check_agreement(reference, {"bf16 weights": half}, model, texts[1000:1200])
