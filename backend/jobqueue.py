@@ -137,37 +137,50 @@ def enqueue_retrain(r: Redis, project_id: int, policy: JobPolicy, reason: str) -
     outcome: "enqueued" (a new job), "coalesced" (a queued one will do), or
     "follow-up" (one is running; exactly one more will run after it).
     """
-    with r.lock(key(project_id, "retrain:lock"), timeout=_LOCK_SECONDS, blocking_timeout=_LOCK_SECONDS):
-        pending = projects.as_text(r.get(key(project_id, "retrain:pending")))
-        if rq_status(r, pending) in _WAITING:
-            return pending, "coalesced"
-        running = projects.as_text(r.get(key(project_id, "retrain:running")))
-        if running and rq_status(r, running) == JobStatus.STARTED:
-            r.set(key(project_id, "retrain:again"), reason, ex=policy.timeout * 2)
-            return running, "follow-up"
-        job = enqueue(r, TRAIN, "workers.training.retrain", int(project_id), policy=policy,
-                      description=f"retrain project {project_id} ({reason})", project=project_id)
-        r.set(key(project_id, "retrain:pending"), job.id, ex=policy.timeout * 4)
-        return job.id, "enqueued"
+    with _retrain_lock(r, project_id):
+        return _enqueue_retrain_locked(r, project_id, policy, reason)
+
+
+def _retrain_lock(r: Redis, project_id: int):
+    return r.lock(key(project_id, "retrain:lock"), timeout=_LOCK_SECONDS, blocking_timeout=_LOCK_SECONDS)
+
+
+def _enqueue_retrain_locked(r: Redis, project_id: int, policy: JobPolicy, reason: str) -> tuple[str, str]:
+    pending = projects.as_text(r.get(key(project_id, "retrain:pending")))
+    if rq_status(r, pending) in _WAITING:
+        return pending, "coalesced"
+    running = projects.as_text(r.get(key(project_id, "retrain:running")))
+    if running and rq_status(r, running) == JobStatus.STARTED:
+        r.set(key(project_id, "retrain:again"), reason, ex=policy.timeout * 2)
+        return running, "follow-up"
+    job = enqueue(r, TRAIN, "workers.training.retrain", int(project_id), policy=policy,
+                  description=f"retrain project {project_id} ({reason})", project=project_id)
+    r.set(key(project_id, "retrain:pending"), job.id, ex=policy.timeout * 4)
+    return job.id, "enqueued"
 
 
 def retrain_started(r: Redis, project_id: int, job_id: str, policy: JobPolicy) -> None:
     """Called by the retrain job when it starts: it is no longer pending, it is running."""
-    with r.lock(key(project_id, "retrain:lock"), timeout=_LOCK_SECONDS, blocking_timeout=_LOCK_SECONDS):
+    with _retrain_lock(r, project_id):
         if projects.as_text(r.get(key(project_id, "retrain:pending"))) == job_id:
             r.delete(key(project_id, "retrain:pending"))
         r.set(key(project_id, "retrain:running"), job_id, ex=policy.timeout + 60)
 
 
 def retrain_ended(r: Redis, project_id: int, job_id: str, policy: JobPolicy) -> str | None:
-    """Called by the retrain job when it ends (success or not); enqueues the follow-up if asked."""
-    with r.lock(key(project_id, "retrain:lock"), timeout=_LOCK_SECONDS, blocking_timeout=_LOCK_SECONDS):
+    """Called by the retrain job when it ends (success or not); enqueues the follow-up if asked.
+
+    All under the one lock: were the follow-up enqueued after the lock was let go, a request
+    arriving in between would find neither a running nor a pending retrain and enqueue one of its
+    own, which the follow-up would then join (one retrain still, but not the follow-up it is).
+    """
+    with _retrain_lock(r, project_id):
         if projects.as_text(r.get(key(project_id, "retrain:running"))) == job_id:
             r.delete(key(project_id, "retrain:running"))
         again = projects.as_text(r.getdel(key(project_id, "retrain:again")))
-    if again is None:
-        return None
-    follow_id, _ = enqueue_retrain(r, project_id, policy, f"follow-up: {again}")
+        if again is None:
+            return None
+        follow_id, _ = _enqueue_retrain_locked(r, project_id, policy, f"follow-up: {again}")
     return follow_id
 
 
