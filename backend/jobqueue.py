@@ -147,9 +147,11 @@ def _retrain_lock(r: Redis, project_id: int):
 
 def _enqueue_retrain_locked(r: Redis, project_id: int, policy: JobPolicy, reason: str) -> tuple[str, str]:
     pending = projects.as_text(r.get(key(project_id, "retrain:pending")))
-    if rq_status(r, pending) in _WAITING:
+    status = rq_status(r, pending)
+    if status in _WAITING:
         return pending, "coalesced"
-    running = projects.as_text(r.get(key(project_id, "retrain:running")))
+    # A pending job RQ has started is running, though it has not said so yet (retrain_started).
+    running = pending if status == JobStatus.STARTED else projects.as_text(r.get(key(project_id, "retrain:running")))
     if running and rq_status(r, running) == JobStatus.STARTED:
         r.set(key(project_id, "retrain:again"), reason, ex=policy.timeout * 2)
         return running, "follow-up"

@@ -66,3 +66,16 @@ def test_a_request_at_the_end_of_a_retrain_joins_its_follow_up(r):
     queued = Queue(jobqueue.TRAIN, connection=r).jobs
     assert [j.id for j in queued] == [follow]
     assert "follow-up" in queued[0].description, queued[0].description
+
+
+def test_a_request_between_rq_starting_a_retrain_and_the_job_saying_so_is_its_follow_up(r):
+    """A forking worker marks the job started, then forks and imports before the job function
+    runs: a request in that window is for the running retrain, not a new one beside it."""
+    first, _ = jobqueue.enqueue_retrain(r, 1, POLICY, "ANNOTATION_CREATED")
+    Queue(jobqueue.TRAIN, connection=r).remove(first)
+    Job.fetch(first, connection=r).set_status(JobStatus.STARTED)
+    assert jobqueue.enqueue_retrain(r, 1, POLICY, "ANNOTATION_CREATED") == (first, "follow-up")
+    assert Queue(jobqueue.TRAIN, connection=r).count == 0
+    jobqueue.retrain_started(r, 1, first, POLICY)
+    follow = jobqueue.retrain_ended(r, 1, first, POLICY)
+    assert [j.id for j in Queue(jobqueue.TRAIN, connection=r).jobs] == [follow]
