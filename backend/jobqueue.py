@@ -261,7 +261,7 @@ def retrain_under_way(r: Redis, project_id: int) -> bool:
     """Whether a retrain of the project waits in the queue or runs now."""
     pending = projects.as_text(r.get(key(project_id, "retrain:pending")))
     running = projects.as_text(r.get(key(project_id, "retrain:running")))
-    return rq_status(r, pending) in _WAITING or rq_status(r, running) == JobStatus.STARTED
+    return rq_status(r, pending) in _WAITING | {JobStatus.STARTED} or rq_status(r, running) == JobStatus.STARTED
 
 
 def enqueue_score_new(r: Redis, project_id: int, task_ids: list[int], policy: JobPolicy) -> Job:

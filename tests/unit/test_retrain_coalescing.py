@@ -76,6 +76,8 @@ def test_a_request_between_rq_starting_a_retrain_and_the_job_saying_so_is_its_fo
     Job.fetch(first, connection=r).set_status(JobStatus.STARTED)
     assert jobqueue.enqueue_retrain(r, 1, POLICY, "ANNOTATION_CREATED") == (first, "follow-up")
     assert Queue(jobqueue.TRAIN, connection=r).count == 0
+    assert jobqueue.retrain_under_way(r, 1)
     jobqueue.retrain_started(r, 1, first, POLICY)
     follow = jobqueue.retrain_ended(r, 1, first, POLICY)
     assert [j.id for j in Queue(jobqueue.TRAIN, connection=r).jobs] == [follow]
+    assert jobqueue.retrain_under_way(r, 1)  # the follow-up waits
