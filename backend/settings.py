@@ -64,6 +64,8 @@ ENGINE_VARIABLES: dict[str, tuple[str, str]] = {
     "FULL_EPOCHS": ("full_epochs", "full mode: the fewest epochs over the labels each fine-tune runs (at least 60 "
                                    "steps of 16 either way), from the pretrained encoder; BaaL's examples use 20, "
                                    "which costs about 4x the GPU time per round at 100+ labels."),
+    "FULL_HEAD": ("full_head", "full mode: the classifier layer each fine-tune starts from: `probe` (a logistic "
+                               "regression on the pretrained encoder's outputs of the labelled texts) or `random`."),
     "POSTERIOR": ("posterior", "`linear` kind: how the T weight samples that BALD and variation ratios read are "
                                "drawn: `laplace` (Kronecker-factored Laplace around the fit), `bootstrap` (T refits "
                                "with the labels reweighted at random, side by side on the worker's threads) or "

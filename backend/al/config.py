@@ -17,6 +17,8 @@ POSTERIORS = ("auto", "laplace", "bootstrap")
 """The linear kind's weight samples for BALD and variation ratios: a Kronecker-factored Laplace
 approximation around the fit, the weighted likelihood bootstrap of the labelled items, or (auto)
 the bootstrap from 5 labels a class on average and Laplace below (kinds.linear.posterior_for)."""
+FULL_HEADS = ("probe", "random")
+"""Full mode's starting classifier layer: a logistic regression on the frozen encoder's outputs, or random."""
 PROPAGATION_CHECKS = ("deferred", "inline")
 """When ``auto``'s check runs: after a retrain, for the next one (deferred), or inside each retrain (inline)."""
 
@@ -36,6 +38,10 @@ class EngineConfig:
     # steps of 16), from the pretrained encoder. BaaL's examples train 20 (docs/BENCHMARKS.md, "The
     # real BaaL, side by side": its loop led ours by 2.6-4.4 points at 80-120 AG News labels).
     full_epochs: int = 5
+    # Full mode: the classifier layer a fine-tune starts from: "probe", a logistic regression on the
+    # pretrained encoder's pooled outputs of the labels (linear probing, then fine-tuning), or "random"
+    # (docs/BENCHMARKS.md, "Full mode from a probed head").
+    full_head: str = "random"
     power_beta: float = 0.0  # 0: deterministic order; >0: PowerX sampling (Kirsch et al. 2023)
     diversity_clusters: int = 0  # 0: off
     exploration: float = 0.1
@@ -99,6 +105,8 @@ class EngineConfig:
         if self.propagation_check not in PROPAGATION_CHECKS:
             raise ValueError(f"propagation_check must be one of {', '.join(PROPAGATION_CHECKS)}, "
                              f"got {self.propagation_check!r}")
+        if self.full_head not in FULL_HEADS:
+            raise ValueError(f"full_head must be one of {', '.join(FULL_HEADS)}, got {self.full_head!r}")
         if self.mc_samples < 1:
             raise ValueError(f"mc_samples must be >= 1, got {self.mc_samples}")
         if self.mc_layers < 0:

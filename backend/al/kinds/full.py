@@ -27,9 +27,10 @@ from torch import nn
 
 from backend.al.encoder import bf16_supported, mean_pool
 from backend.al.kinds.base import KindBase, Model, Progress, keep_masks, logits_to_probs, stats_of
+from backend.al.logistic import fit_logistic
 from backend.al.propagation import Check
 from backend.al.tokens import TokenCache, Tokens, budget_batches, token_budget, tokenize, tokenizer_identity
-from backend.al.training import TrainConfig, fit
+from backend.al.training import TrainConfig, class_weights, fit
 
 TRAINING = TrainConfig(lr=5e-5, weight_decay=0.01, batch_size=16, tiny_steps=60, max_epochs=4, patience=1)
 
@@ -297,6 +298,8 @@ class Kind(KindBase):
         """Fine-tune the encoder and a linear layer (seeded), or continue from ``previous``."""
         net = self._network(len(classes), previous.state if previous is not None else None)
         tokens, pad = self.tokens(texts), self.tokenizer.pad_token_id or 0
+        if previous is None and self.backbone.config.full_head == "probe":
+            probe_head(net, tokens, pad, targets.to(self.backbone.device), multilabel)
 
         def forward(m: nn.Module, idx: torch.Tensor) -> torch.Tensor:
             ids, mask = tokens.batch(idx, pad)
@@ -334,6 +337,28 @@ class Kind(KindBase):
                 if progress:
                     progress(done, len(texts))
         return out.cpu()
+
+
+def probe_head(net: FullClassifier, tokens: Tokens, pad: int, targets: torch.Tensor, multilabel: bool) -> None:
+    """Start the classifier from a logistic regression on the pretrained encoder's pooled outputs
+    of the labelled texts ("linear probing, then fine-tuning", Kumar et al. 2022), not from random
+    weights: the fine-tune begins at the frozen encoder's accuracy, and the first steps do not push
+    a random layer's gradients into the encoder. The regression is the ``linear`` kind's (class
+    weights, its penalty by the labelled set's shape) on outputs scaled to unit mean norm, the scale
+    MiniLM's sentence embeddings have, and folded back into the layer's weights."""
+    from backend.al.kinds.linear import default_l2
+
+    net.eval()
+    with torch.no_grad():
+        pooled = torch.cat([mean_pool(net.encoder(input_ids=ids, attention_mask=mask).last_hidden_state, mask)
+                            for ids, mask in (tokens.batch(idx, pad)
+                                              for idx in torch.arange(len(tokens)).split(64))])
+        scale = pooled.norm(dim=1).mean().clamp_min(1e-6)
+        l2 = default_l2(targets.shape[0], targets.shape[1])
+        w, b, _ = fit_logistic((pooled / scale).double().cpu(), targets.double().cpu(), multilabel, l2,
+                               weights=class_weights(targets, multilabel).double().cpu())
+        net.out.weight.copy_((w.T / scale.cpu()).to(net.out.weight))
+        net.out.bias.copy_(b.to(net.out.bias))
 
 
 def agreement_top(n: int) -> int:

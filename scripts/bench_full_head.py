@@ -1,0 +1,101 @@
+"""Full mode's starting classifier layer (``FULL_HEAD``): test accuracy of one fine-tune on random labels.
+
+    .venv/bin/python scripts/bench_full_head.py [--datasets agnews,trec6] [--labels 40,100]
+        [--seeds 0,1,2] [--test-rows 1000] [--heads random,probe] [--threads 1]
+
+For each dataset (``../shared/data``), labelled-set size and seed: a seeded random labelled set from
+the pool and a seeded random sample of the test set (the same for every head), one ``full`` fine-tune
+per head (``FULL_HEAD``: ``random`` weights or ``probe``, a logistic regression on the pretrained
+encoder's outputs), and the fine-tuned network's accuracy on the test rows (dropout off: the model,
+not an MC average). Prints one JSON line per run, then the mean per (dataset, labels, head) and the
+mean paired difference (probe - random) with 2 standard errors. No active learning: this measures
+the learner under the loop; on a GPU the simulation measures the loop (``default/full_head=probe``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from backend.al.config import EngineConfig  # noqa: E402
+from backend.al.datasets import load_trec, load_tsv  # noqa: E402
+from backend.al.learner import ActiveLearner  # noqa: E402
+
+DATA = ROOT.parent / "shared" / "data"
+
+
+def load(name: str) -> tuple[tuple[list[str], list[str]], tuple[list[str], list[str]]]:
+    """(pool, test) of a dataset folder in ../shared/data."""
+    if name == "trec6":
+        return load_trec(DATA / "trec6" / "train.label"), load_trec(DATA / "trec6" / "test.label")
+    return load_tsv(DATA / name / "pool.tsv"), load_tsv(DATA / name / "test.tsv")
+
+
+def accuracy(learner: ActiveLearner, model, texts: list[str], labels: list[str]) -> float:
+    """The fine-tuned network's accuracy, dropout off, in batches of 64."""
+    kind = learner.kind("full")
+    net = kind._network(len(model.classes), model.state)
+    net.eval()
+    tokens, pad = kind.tokens(texts), kind.tokenizer.pad_token_id or 0
+    with torch.no_grad():
+        predicted = torch.cat([net(*tokens.batch(idx, pad)).argmax(1).cpu()
+                               for idx in torch.arange(len(texts)).split(64)])
+    return sum(model.classes[p] == y for p, y in zip(predicted.tolist(), labels, strict=True)) / len(labels)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--datasets", default="agnews,trec6")
+    p.add_argument("--labels", default="40,100")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--heads", default="random,probe")
+    p.add_argument("--test-rows", type=int, default=1000)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--encoder", default=EngineConfig().encoder)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    heads = args.heads.split(",")
+    results: dict[tuple[str, int, str, int], float] = {}
+    for name in args.datasets.split(","):
+        (pool_texts, pool_labels), (test_texts, test_labels) = load(name)
+        classes = sorted(set(pool_labels))
+        for n in [int(x) for x in args.labels.split(",")]:
+            for seed in [int(x) for x in args.seeds.split(",")]:
+                rng = random.Random(1000 + seed)
+                test = rng.sample(range(len(test_texts)), min(args.test_rows, len(test_texts)))
+                rows = rng.sample(range(len(pool_texts)), n)
+                for head in heads:
+                    learner = ActiveLearner(EngineConfig(encoder=args.encoder, mode="full", seed=seed,
+                                                         full_head=head))
+                    start = time.perf_counter()
+                    model = learner.fit([pool_texts[i] for i in rows], [pool_labels[i] for i in rows], classes)
+                    seconds = time.perf_counter() - start
+                    acc = accuracy(learner, model, [test_texts[i] for i in test], [test_labels[i] for i in test])
+                    results[(name, n, head, seed)] = acc
+                    print(json.dumps({"dataset": name, "labels": n, "seed": seed, "head": head,
+                                      "accuracy": round(acc, 4), "fit_s": round(seconds, 1)}), flush=True)
+    print("\ndataset  labels  " + "  ".join(f"{h:>7}" for h in heads) + "  probe - random (2 s.e.), points")
+    for name, n in dict.fromkeys((k[0], k[1]) for k in results):
+        seeds = sorted({k[3] for k in results if k[:2] == (name, n)})
+        means = [statistics.mean(results[(name, n, h, s)] for s in seeds) for h in heads]
+        line = f"{name:8} {n:6}  " + "  ".join(f"{m:7.3f}" for m in means)
+        if {"probe", "random"} <= set(heads):
+            diffs = [100 * (results[(name, n, "probe", s)] - results[(name, n, "random", s)]) for s in seeds]
+            se = statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else float("nan")
+            line += f"  {statistics.mean(diffs):+.2f} ({2 * se:.2f}), {len(diffs)} seeds"
+        print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
