@@ -12,7 +12,8 @@ Retrain coalescing (per project):
   al:p:<id>:retrain:running  id of the retrain running now (expires after the job timeout)
   al:p:<id>:retrain:again    set when a retrain was asked for while one was running
 A request with a pending retrain is absorbed by it; a request while one runs (and none is
-pending) marks ``again``; when the running job ends, ``again`` becomes exactly one follow-up.
+pending; a pending one RQ has started counts as running) marks ``again``; when the running job
+ends, ``again`` becomes exactly one follow-up, enqueued under the same lock.
 
   al:p:<id>:rescore:latest   id of the project's newest rescore (what reconcile checks before
                              publishing a version whose publish ran out of retries); a sharded
