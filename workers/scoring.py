@@ -105,7 +105,7 @@ def _publish_ranked(context: WorkerContext, r: Redis, project: SyncedProject, pr
     batch = predictions_to_publish(ids, ranking, project.spec, name, top_k)
     if not publish(r, project.client, project_id, name, batch, context.policy,
                    ls_version=project.info.get("model_version"), progress=report_progress("publishing"),
-                   still_current=lambda: store.current(project_id) == version):
+                   still_current=lambda: store.current(project_id) == version, retry=_retrying(context)):
         log.info("project %s: %s was superseded while it was imported; not switched", project_id, name)
         return {"skipped": True, "reason": "superseded while publishing", "version": version}
     project.index.set_values(dict(zip(ids, ranking.values.tolist(), strict=True)), replace_all=True)
@@ -118,6 +118,12 @@ def _publish_ranked(context: WorkerContext, r: Redis, project: SyncedProject, pr
         jobqueue.enqueue_prepare_propagation(r, project_id, context.policy)
     metrics.inc(r, "al_tasks_scored_total", amount=len(batch))
     return {"skipped": False, "version": version, "published": len(batch), "pool": len(ids)}
+
+
+def _retrying(context: WorkerContext) -> bool:
+    """Whether this job runs again after a failed attempt (RQ counts its retries down)."""
+    left = current_job().retries_left
+    return left is not None and left < context.policy.retries
 
 
 def _bounds(context: WorkerContext, model, texts: list[str]) -> list[tuple[int, int]]:
@@ -420,25 +426,27 @@ def predictions_to_publish(ids: list[int], ranking, spec: TaskSpec, version: str
 
 def publish(r: Redis, client, project_id: int, version: str, batch: list[dict],
             policy: JobPolicy, ls_version: str | None = None, progress: Progress | None = None,
-            still_current: Callable[[], bool] = lambda: True) -> bool:
+            still_current: Callable[[], bool] = lambda: True, retry: bool = False) -> bool:
     """Import a version's predictions, then switch LS to it, then clean the old one up.
 
     A failure before the switch leaves the previous priorities live. A retry first deletes
-    whatever a failed attempt imported for this version, so it never duplicates; if the
-    failed attempt got as far as the switch (``ls_version``: LS's model_version), it only
-    records it. When ``still_current()`` turns false during the import (a newer version was
-    trained meanwhile), LS is not switched and False is returned: the import is left to the
-    cleanup (the newer publish's, or the reconcile's).
+    whatever a failed attempt imported for this version, so it never duplicates: the importing
+    mark in Redis names it, and on a ``retry`` LS's own list of versions does too (Redis may have
+    lost the mark: with ``appendfsync everysec`` a crash loses up to a second of writes). If the
+    failed attempt got as far as the switch (``ls_version``: LS's model_version; LS is switched only
+    after a complete import), it only records it. When ``still_current()`` turns false during the
+    import (a newer version was trained meanwhile), LS is not switched and False is returned: the
+    import is left to the cleanup (the newer publish's, or the reconcile's).
     """
     progress = progress or (lambda done, total: None)
     if projects.published_version(r, project_id) == version:
         return True  # an earlier attempt switched already
     unfinished = projects.importing_version(r, project_id)
-    if not (unfinished == version and ls_version == version):
-        if unfinished == version:
+    if unfinished is not None and unfinished != version:
+        enqueue_cleanup(r, project_id, unfinished, policy)
+    if ls_version != version:
+        if unfinished == version or (retry and client.model_versions(project_id).get(version)):
             client.delete_predictions(project_id, version)
-        elif unfinished is not None:
-            enqueue_cleanup(r, project_id, unfinished, policy)
         projects.set_importing_version(r, project_id, version)
         progress(0, len(batch))
         client.import_predictions(project_id, batch)

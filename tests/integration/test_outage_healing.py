@@ -17,6 +17,7 @@ from rq.job import Job
 from rq.registry import FailedJobRegistry, FinishedJobRegistry
 
 from backend import jobqueue, projects
+from backend.labelstudio import LabelStudioError
 from tests.integration.workers_helper import BackgroundWorker, InProcessWorker, drain
 from workers import scoring
 from workers.context import WorkerContext
@@ -185,3 +186,53 @@ def test_a_rescore_that_found_nothing_to_publish_is_not_repeated(ls, r, context)
     for _ in range(2):
         _reconcile(r, context)
     assert len(_finished(r, "rescore")) == 1 and not _failed(r, "rescore")
+
+
+class _MarkLost:
+    """The fake LS's import fails midway once, and Redis loses the importing mark with it, as a
+    Redis crash with ``appendfsync everysec`` can lose the last second's writes."""
+
+    def __init__(self, ls, r, keep: int) -> None:
+        self.ls, self.r, self.keep = ls, r, keep
+
+    def __call__(self, original):
+        def import_predictions(client, project_id, predictions):
+            if self.keep is None:
+                return original(client, project_id, predictions)
+            keep, self.keep = self.keep, None
+            self.ls.predictions.extend(dict(p) for p in predictions[:keep])
+            self.r.delete(f"al:p:{project_id}:importing")
+            raise LabelStudioError("import failed midway (fake), and Redis lost the mark")
+        return import_predictions
+
+
+def test_a_retried_publish_that_redis_lost_the_mark_of_deletes_what_ls_holds_first(ls, r, context, monkeypatch):
+    """Seen in the faults suite: LS held a failed attempt's predictions, Redis no mark of them, and
+    the retry imported the version a second time (two predictions a task)."""
+    from tests.integration.fake_ls import FakeClient
+
+    old = _live_version(r, ls, context)
+    monkeypatch.setattr(FakeClient, "import_predictions", _MarkLost(ls, r, keep=3)(FakeClient.import_predictions))
+    _label_one_more(ls)
+    jobqueue.enqueue_retrain(r, 1, POLICY, "annotation")
+    drain(r, context)  # the re-score fails once, then its retry publishes
+    new = context.store.current(1)
+    assert new != old
+    _assert_only_live(ls, r, new)  # one prediction a task: the retry deleted the 3 LS held first
+
+
+def test_a_retry_after_ls_switched_records_the_version_without_importing_it_again(ls, r, context):
+    """The failed attempt imported and switched, then lost Redis before recording it, and the mark
+    with it: LS switches only after a complete import, so the retry only records the version."""
+    old = _live_version(r, ls, context)
+    new = "p1-v0009-bbbbbb"
+    batch = [{"task": t, "result": [], "score": 0.5, "model_version": new}
+             for t in sorted(set(ls.tasks) - set(ls.annotations))]
+    client = ls.client("", "")
+    client.import_predictions(1, batch)
+    client.set_model_version(1, new)
+    imports = ls.calls["import_predictions"]
+    assert scoring.publish(r, client, 1, new, batch, POLICY, ls_version=new, retry=True)
+    assert ls.calls["import_predictions"] == imports
+    assert projects.published_version(r, 1) == new and len(ls.live_predictions(new)) == len(batch)
+    assert [j.args for j in Queue(jobqueue.CLEANUP, connection=r).jobs] == [(1, old)]
