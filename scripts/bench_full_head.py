@@ -34,18 +34,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from backend.al.config import EngineConfig  # noqa: E402
-from backend.al.datasets import load_trec, load_tsv  # noqa: E402
+from backend.al.datasets import load_split  # noqa: E402
 from backend.al.kinds import full  # noqa: E402
 from backend.al.learner import ActiveLearner  # noqa: E402
+from backend.al.simulate import with_options  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 
-
-def load(name: str) -> tuple[tuple[list[str], list[str]], tuple[list[str], list[str]]]:
-    """(pool, test) of a dataset folder in ../shared/data."""
-    if name == "trec6":
-        return load_trec(DATA / "trec6" / "train.label"), load_trec(DATA / "trec6" / "test.label")
-    return load_tsv(DATA / name / "pool.tsv"), load_tsv(DATA / name / "test.tsv")
 
 
 def accuracy(learner: ActiveLearner, model, texts: list[str], labels: list[str]) -> float:
@@ -64,14 +59,10 @@ def training(base, spec: str):
     """``base`` with the ``key=value`` fields of ``spec`` (joined by ``/``) replaced; ``base`` for "base"."""
     if spec == "base":
         return base
-    fields = {f.name: f.type for f in dataclasses.fields(base)}
-    changes = {}
-    for item in spec.split("/"):
-        key, _, raw = item.partition("=")
-        if key not in fields:
-            raise SystemExit(f"unknown fine-tune setting {key!r}; choose from {', '.join(fields)}")
-        changes[key] = type(getattr(base, key))(float(raw) if "." in raw or "e" in raw else int(raw))
-    return dataclasses.replace(base, **changes)
+    try:
+        return with_options(base, spec.split("/"), "fine-tune setting")
+    except ValueError as error:
+        raise SystemExit(f"{error}; choose from {', '.join(f.name for f in dataclasses.fields(base))}") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     heads = variants or args.heads.split(",")
     results: dict[tuple[str, int, str, int], float] = {}
     for name in args.datasets.split(","):
-        (pool_texts, pool_labels), (test_texts, test_labels) = load(name)
+        (pool_texts, pool_labels), (test_texts, test_labels) = load_split(DATA, name)
         classes = sorted(set(pool_labels))
         for n in [int(x) for x in args.labels.split(",")]:
             for seed in [int(x) for x in args.seeds.split(",")]:

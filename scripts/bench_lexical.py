@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 from backend.al import lexical  # noqa: E402
 from backend.al.config import EngineConfig  # noqa: E402
-from backend.al.datasets import load_trec, load_tsv  # noqa: E402
+from backend.al.datasets import load_split  # noqa: E402
 from backend.al.kinds.linear import default_l2, lexical_scale  # noqa: E402
 from backend.al.learner import ActiveLearner  # noqa: E402
 from backend.al.logistic import fit_logistic  # noqa: E402
@@ -33,11 +33,6 @@ from backend.al.training import class_weights  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 
-
-def load(name: str) -> tuple[tuple[list[str], list[str]], tuple[list[str], list[str]]]:
-    if name == "trec6":
-        return load_trec(DATA / "trec6" / "train.label"), load_trec(DATA / "trec6" / "test.label")
-    return load_tsv(DATA / name / "pool.tsv"), load_tsv(DATA / name / "test.tsv")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     cap = EngineConfig().lexical
     for name in args.datasets.split(","):
-        (pool, pool_labels), (test, test_labels) = load(name)
+        (pool, pool_labels), (test, test_labels) = load_split(DATA, name)
         classes = sorted(set(pool_labels) | set(test_labels))
         learner = ActiveLearner(EngineConfig(), cache_dir=Path(args.cache_dir))
         emb, test_emb = learner.embed(pool).float(), learner.embed(test).float()

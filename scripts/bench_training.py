@@ -25,7 +25,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from backend.al.datasets import load_trec, load_tsv  # noqa: E402
+from backend.al.datasets import load_split  # noqa: E402
 from backend.al.kinds import head as head_kind  # noqa: E402
 from backend.al.kinds.head import MCDropoutHead  # noqa: E402
 from backend.al.learner import ActiveLearner, EngineConfig  # noqa: E402
@@ -109,8 +109,7 @@ def main() -> int:
     p.add_argument("--cache-dir", default=str(ROOT / "data" / "embeddings"))
     args = p.parse_args()
     data = Path(args.data)
-    agnews = (load_tsv(data / "agnews/pool.tsv"), load_tsv(data / "agnews/test.tsv"))
-    trec = (load_trec(data / "trec6/train.label"), load_trec(data / "trec6/test.label"))
+    agnews, trec = load_split(data, "agnews"), load_split(data, "trec6")
     with tempfile.TemporaryDirectory() as tmp:
         cache = Path(args.cache_dir) if args.cache_dir else Path(tmp)
         bench_schedules({"TREC-6": trec, "AG News": agnews}, cache, args.seeds)

@@ -64,6 +64,15 @@ def load_trec(path: str | Path, fine: bool = False) -> tuple[list[str], list[str
     return texts, labels
 
 
+def load_split(data_dir: str | Path, name: str) -> tuple[tuple[list[str], list[str]], tuple[list[str], list[str]]]:
+    """((pool texts, labels), (test texts, labels)) of a dataset folder of ``../shared/data``:
+    TREC-6's ``train.label`` / ``test.label``, the others' ``pool.tsv`` / ``test.tsv``."""
+    folder = Path(data_dir) / name
+    if name == "trec6":
+        return load_trec(folder / "train.label"), load_trec(folder / "test.label")
+    return load_tsv(folder / "pool.tsv"), load_tsv(folder / "test.tsv")
+
+
 def write_tsv(path: str | Path, texts: list[str], labels: list[str]) -> None:
     """Write text<TAB>label rows (tabs and newlines inside texts become spaces)."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)

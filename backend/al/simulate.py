@@ -75,11 +75,18 @@ def strategy_config(spec: str, base: EngineConfig) -> EngineConfig:
         config = dataclasses.replace(base, strategy=name, **PLAIN)
     else:
         raise ValueError(f"unknown strategy {name!r}; choose from default, {REFERENCE}, {', '.join(STRATEGIES)}")
-    types = {f.name: f.type for f in dataclasses.fields(EngineConfig)}
-    for item in overrides:
+    return with_options(config, overrides, "strategy option", f" in {spec!r}")
+
+
+def with_options(config, items: Sequence[str], option: str = "option", context: str = ""):
+    """A dataclass ``config`` with the fields its ``key=value`` items name replaced, each value cast to
+    the field's type (int, float, bool as on/off, true/false, ...; str otherwise). An item that names
+    no field: ValueError "bad <option> <item><context>"."""
+    types = {f.name: f.type for f in dataclasses.fields(config)}
+    for item in items:
         key, eq, raw = item.partition("=")
         if not eq or key not in types:
-            raise ValueError(f"bad strategy option {item!r} in {spec!r}")
+            raise ValueError(f"bad {option} {item!r}{context}")
         cast = {"int": int, "float": float, "bool": _bool}.get(str(types[key]), str)
         config = dataclasses.replace(config, **{key: cast(raw)})
     return config

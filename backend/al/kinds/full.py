@@ -27,6 +27,7 @@ from torch import nn
 
 from backend.al.encoder import bf16_supported, mean_pool
 from backend.al.kinds.base import KindBase, Model, Progress, keep_masks, logits_to_probs, stats_of
+from backend.al.kinds.linear import default_l2
 from backend.al.logistic import fit_logistic
 from backend.al.propagation import Check
 from backend.al.tokens import TokenCache, Tokens, budget_batches, token_budget, tokenize, tokenizer_identity
@@ -346,8 +347,6 @@ def probe_head(net: FullClassifier, tokens: Tokens, pad: int, targets: torch.Ten
     a random layer's gradients into the encoder. The regression is the ``linear`` kind's (class
     weights, its penalty by the labelled set's shape) on outputs scaled to unit mean norm, the scale
     MiniLM's sentence embeddings have, and folded back into the layer's weights."""
-    from backend.al.kinds.linear import default_l2
-
     net.eval()
     with torch.no_grad():
         pooled = torch.cat([mean_pool(net.encoder(input_ids=ids, attention_mask=mask).last_hidden_state, mask)
