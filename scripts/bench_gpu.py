@@ -7,14 +7,16 @@ Measures on the machine's device (CUDA when present), in this order, each step o
 (a first untimed run loads weights, fills the token cache and warms the kernels):
 - tokenize once: the fast tokenizer over the pool (truncation, no padding);
 - plain pass: ``TextEncoder.encode`` (tokenize + length-sorted token-budget batches) fp32 and bf16;
-- fine-tune on ``--labels`` labels (full mode, the first labels of the pool file), first and warm;
+- fine-tune on ``--labels`` labels (full mode, the first labels of the pool file), first and warm,
+  eager and with each step replayed from a CUDA graph (``Kind.graph_steps``; eager off CUDA);
 - token ids of the pool: tokenized into the cache, then read back by a new learner;
 - full-mode MC over the pool (token ids already cached, as in a warm worker),
   T = ``--mc-samples``: fp32 (MC_LAYERS = all, 2, 1), bf16 autocast over fp32 weights, and a
   bf16 copy of the weights (MC_LAYERS = all, 1; ``Kind.half_weights``),
   with each variant's top-1000 (or top-10%) BALD agreement with fp32 full MC at seed 0: at
   the same seed and at seed 1, beside fp32's own seed-1-vs-seed-0 agreement (the criterion);
-- a whole round: fine-tune + score + rank (no publishing), bf16 full MC (autocast, then bf16 weights);
+- a whole round: fine-tune + score + rank (no publishing), bf16 full MC (autocast, then bf16 weights,
+  then bf16 weights with CUDA graph steps);
 - head mode: a cold re-score (empty embedding cache, encoder loaded) and warm re-scores (same
   learner; a new learner reading the disk cache).
 Writes ``<out>/bench_gpu.json`` and ``<out>/bench_gpu.md`` (the table).
@@ -100,7 +102,7 @@ def bench_floor(args, texts: list[str], device: torch.device, rows: list[dict]) 
     tokenize(tok, texts[:64], 128)
     seconds, tokens = timed(device, lambda: tokenize(tok, texts, 128))
     batches = budget_batches(tokens.lengths, token_budget(device))
-    rows.append({"step": "tokenize once (fast tokenizer, no padding; TOKENIZERS_PARALLELISM=false, as the service)",
+    rows.append({"step": "tokenize once (fast tokenizer on a thread a core, TOKENIZERS_PARALLELISM=false: the service)",
                  "seconds": seconds, "note": f"{sum(tokens.lengths):,} tokens, {len(batches)} plain batches"})
     before = os.environ.get("TOKENIZERS_PARALLELISM")
     os.environ["TOKENIZERS_PARALLELISM"] = "true"
@@ -129,6 +131,12 @@ def bench_full(args, texts, labels, classes, device, cache: Path, rows: list[dic
     seconds, model = timed(device, lambda: fast.fit(texts[:n_labels], labels[:n_labels], classes))
     rows.append({"step": f"fine-tune {n_labels} labels, bf16 autocast (warm)", "seconds": seconds,
                  "note": f"{model.stats.get('steps')} steps of 16"})
+    graphed = full_learner(args, cache, 0, bf16=False)
+    graphed.kind().graph_steps = True
+    for when in ("first", "warm"):  # graphs are captured per fit: both rows include the captures
+        seconds, fitted = timed(device, lambda: graphed.fit(texts[:n_labels], labels[:n_labels], classes))
+        rows.append({"step": f"fine-tune {n_labels} labels fp32, CUDA graph steps ({when})", "seconds": seconds,
+                     "note": f"{fitted.stats.get('steps')} steps, {fitted.stats.get('graphs', 0)} graphs captured"})
     values = {}
     top = agreement_top(len(texts))
     reference = MC_VARIANTS[0]
@@ -153,8 +161,9 @@ def bench_full(args, texts, labels, classes, device, cache: Path, rows: list[dic
     for row in rows:
         if "agree_other_seed" in row and row is not rows[-1]:
             row["criterion"] = "pass" if row["agree_other_seed"] >= own - 0.02 else "FAIL"
-    for half in (False, True):
+    for half, graphs in ((False, False), (True, False), (True, True)):
         learner = full_learner(args, cache, 0, bf16=True, half_weights=half)
+        learner.kind().graph_steps = graphs
         learner.rank(model, texts[:512])
 
         def round_(lr=learner) -> None:
@@ -163,7 +172,8 @@ def bench_full(args, texts, labels, classes, device, cache: Path, rows: list[dic
 
         seconds, _ = timed(device, round_)
         rows.append({"step": f"whole round: fine-tune {n_labels} + score + rank {len(texts)} "
-                             f"(bf16 {'weights' if half else 'autocast'}, MC_LAYERS=all)", "seconds": seconds})
+                             f"(bf16 {'weights' if half else 'autocast'}, MC_LAYERS=all"
+                             f"{', CUDA graph steps' if graphs else ''})", "seconds": seconds})
 
 
 def bench_head(args, texts, labels, classes, device, rows: list[dict]) -> None:

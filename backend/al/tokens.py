@@ -12,10 +12,12 @@ embedding cache (merge under ``flock``, atomic rename), read into an in-process 
 
 from __future__ import annotations
 
+import copy
 import fcntl
 import hashlib
 import os
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -65,13 +67,18 @@ class Tokens:
         """The same ids on device (one transfer, so batches are cut there without host round trips)."""
         return Tokens(self.ids.to(device), self.offsets.to(device), self.lengths)
 
-    def batch(self, idx: torch.Tensor | Sequence[int], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(input_ids (B, L) int64, attention_mask (B, L)) for rows idx, padded to their longest.
+    def batch(self, idx: torch.Tensor | Sequence[int], pad_id: int,
+              multiple: int = 1, cap: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(input_ids (B, L) int64, attention_mask (B, L)) for rows idx, padded to their longest,
+        rounded up to a ``multiple`` of tokens (at most ``cap``, never below the longest): few
+        distinct shapes, for CUDA graphs captured per shape.
 
         Gathered on the tensors' own device; the padded length comes from host-side lengths.
         """
         rows = idx.tolist() if isinstance(idx, torch.Tensor) else list(idx)
         longest = max((self.lengths[i] for i in rows), default=0)
+        if multiple > 1:
+            longest = max(longest, min(-(-longest // multiple) * multiple, cap if cap is not None else 1 << 30))
         index = torch.as_tensor(rows, dtype=torch.int64).to(self.offsets.device, non_blocking=True)
         starts, ends = self.offsets[index], self.offsets[index + 1]
         positions = starts[:, None] + torch.arange(longest, device=self.offsets.device)
@@ -169,6 +176,56 @@ def _unpack(data: dict) -> dict[str, torch.Tensor]:
     return {key: ids[offsets[i]:offsets[i + 1]] for i, key in enumerate(data["keys"])}
 
 
+TEXTS_PER_THREAD = 1_000
+"""At least this many texts per tokenizing thread: below it a thread's start costs more than it saves."""
+
+
+def tokenizing_threads(texts: int) -> int:
+    """Threads to tokenize ``texts`` on: one per usable core, at least TEXTS_PER_THREAD texts each, at most 32."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(cores, texts // TEXTS_PER_THREAD, 32))
+
+
+def encode_ids(tokenizer, texts: list[str], max_length: int, threads: int | None = None) -> list[list[int]]:
+    """Ids of texts (special tokens added, truncated at max_length, unpadded), in order.
+
+    A fast tokenizer runs on a private copy of its Rust tokenizer, set up once per max_length,
+    in chunks on short-lived threads (it releases the GIL while it encodes). The Rust thread
+    pool stays off (``TOKENIZERS_PARALLELISM=false``), so a forked RQ work-horse never inherits
+    a used one; threads give the same speed (AG News 10k on 2 cores: 0.74 s through the Python
+    wrapper, 0.35 s on 2 threads). A tokenizer without a Rust backend goes through its wrapper.
+    ``threads``: None for :func:`tokenizing_threads`.
+    """
+    backend = _backend(tokenizer, max_length)
+    if backend is None:
+        return tokenizer(texts, truncation=True, max_length=max_length, padding=False,
+                         return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+    threads = tokenizing_threads(len(texts)) if threads is None else max(1, min(threads, len(texts)))
+    if threads == 1:
+        return [e.ids for e in backend.encode_batch(texts)]
+    size = -(-len(texts) // threads)
+    chunks = [texts[i:i + size] for i in range(0, len(texts), size)]
+    with ThreadPoolExecutor(threads, thread_name_prefix="tokenize") as pool:
+        parts = list(pool.map(backend.encode_batch, chunks))
+    return [e.ids for part in parts for e in part]
+
+
+def _backend(tokenizer, max_length: int):
+    """A copy of a fast tokenizer's Rust tokenizer truncating at max_length with no padding (kept
+    on the tokenizer, one per max_length), or None for a tokenizer without one. A copy: the
+    wrapper resets its own backend's truncation and padding on every call."""
+    source = getattr(tokenizer, "backend_tokenizer", None)
+    if source is None or not hasattr(source, "encode_batch"):
+        return None
+    copies = tokenizer.__dict__.setdefault("_al_backends", {})
+    if max_length not in copies:
+        backend = copy.deepcopy(source)
+        backend.no_padding()
+        backend.enable_truncation(max_length, direction=getattr(tokenizer, "truncation_side", "right"))
+        copies[max_length] = backend
+    return copies[max_length]
+
+
 def tokenize(tokenizer, texts: Sequence[str], max_length: int, cache: TokenCache | None = None) -> Tokens:
     """Ids of texts (special tokens added, truncated at max_length, unpadded), each text tokenized once.
 
@@ -185,9 +242,9 @@ def tokenize(tokenizer, texts: Sequence[str], max_length: int, cache: TokenCache
             if key not in found:
                 todo.setdefault(key, text)
     if todo:
-        encoded = tokenizer(list(todo.values()), truncation=True, max_length=max_length, padding=False,
-                            return_attention_mask=False, return_token_type_ids=False)["input_ids"]
-        fresh = [(key, torch.tensor(ids, dtype=torch.int32)) for key, ids in zip(todo, encoded, strict=True)]
+        encoded = encode_ids(tokenizer, list(todo.values()), max_length)
+        flat = torch.tensor([i for ids in encoded for i in ids], dtype=torch.int32)
+        fresh = list(zip(todo, flat.split([len(ids) for ids in encoded]), strict=True))
         if cache is not None:
             cache.put(fresh)
         found.update(fresh)

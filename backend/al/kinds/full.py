@@ -10,7 +10,8 @@ Speed (docs/BENCHMARKS.md, "GPU: full mode and the plain floor"): each text is t
 batches filled to a token budget with the T copies stacked into one pass, probabilities stay
 on the device until the end, and on CUDA scoring runs on a bf16 copy of the weights (training
 keeps fp32 weights and arithmetic). ``mc_layers = k`` samples dropout only in the last k encoder layers and the
-classifier: the layers below run once per text.
+classifier: the layers below run once per text. ``Kind.graph_steps`` (off until measured on a
+GPU) replays each fine-tune step from a CUDA graph.
 """
 
 from __future__ import annotations
@@ -31,9 +32,12 @@ from backend.al.kinds.linear import default_l2
 from backend.al.logistic import fit_logistic
 from backend.al.propagation import Check
 from backend.al.tokens import TokenCache, Tokens, budget_batches, token_budget, tokenize, tokenizer_identity
-from backend.al.training import TrainConfig, class_weights, fit
+from backend.al.training import StaticBatches, TrainConfig, class_weights, fit
 
 TRAINING = TrainConfig(lr=5e-5, weight_decay=0.01, batch_size=16, tiny_steps=60, max_epochs=4, patience=1)
+GRAPH_LENGTH_MULTIPLE = 32
+"""With ``Kind.graph_steps``: training batches padded to a multiple of this many tokens (at most
+max_length), so 128-token texts need at most 4 lengths, times 2 batch sizes (full and the last)."""
 
 MCRun = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """run(input_ids (B, L), attention_mask (B, L)) -> MC logits (B, T, C)."""
@@ -233,6 +237,10 @@ class Kind(KindBase):
     train_bf16: bool = False
     """bf16 autocast while fine-tuning (fp32 master weights either way). Off: on an H100 it did
     not pay for 160 small steps of 16 (two runs: 4.0 and 3.2 s, against 2.7 and 3.3 s in fp32)."""
+    graph_steps: bool = False
+    """On CUDA, replay each fine-tune step from a CUDA graph (``training.GraphedSteps``), batches
+    padded to multiples of ``GRAPH_LENGTH_MULTIPLE`` tokens so that a few graphs serve them all.
+    Off until measured on a GPU: the 160 steps of 16 are launch-bound (17-25 ms a step on an H100)."""
 
     def __init__(self, backbone) -> None:
         super().__init__(backbone)
@@ -302,15 +310,20 @@ class Kind(KindBase):
         if previous is None and self.backbone.config.full_head == "probe":
             probe_head(net, tokens, pad, targets.to(self.backbone.device), multilabel)
 
-        def forward(m: nn.Module, idx: torch.Tensor) -> torch.Tensor:
-            ids, mask = tokens.batch(idx, pad)
+        def logits(m: nn.Module, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
             with self._autocast() if self.train_bf16 else nullcontext():
-                logits = m(ids, mask)
-            return logits.float()
+                out = m(*inputs)
+            return out.float()
 
+        def forward(m: nn.Module, idx: torch.Tensor) -> torch.Tensor:
+            return logits(m, tokens.batch(idx, pad))
+
+        cap = self.backbone.config.max_length
+        static = StaticBatches(lambda idx: tokens.batch(idx, pad, GRAPH_LENGTH_MULTIPLE, cap), logits) \
+            if self.graph_steps else None
         fit_stats = fit(net, forward, len(texts), targets.to(self.backbone.device), multilabel,
                         dataclasses.replace(TRAINING, seed=self.backbone.config.seed,
-                                            min_epochs=self.backbone.config.full_epochs), progress)
+                                            min_epochs=self.backbone.config.full_epochs), progress, static)
         return Model(classes=list(classes), multilabel=multilabel, encoder=self.backbone.identity, kind=self.name,
                      state={k: v.detach().cpu().clone() for k, v in net.state_dict().items()},
                      n_train=len(texts), stats=stats_of(targets, previous is not None, fit_stats))

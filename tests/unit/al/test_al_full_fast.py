@@ -195,3 +195,46 @@ def test_a_network_first_built_for_scoring_can_still_be_trained(encoder_path, tm
     with torch.inference_mode():
         net = kind._network(3, None)
     assert not any(p.is_inference() for p in net.parameters())
+
+
+def test_batches_padded_for_graphs_give_the_unpadded_logits(encoder_path, pool):
+    """Graph steps pad a batch to a multiple of GRAPH_LENGTH_MULTIPLE tokens (at most max_length): the
+    attention mask hides the padding, so logits stay the unpadded batch's."""
+    from backend.al.kinds.full import GRAPH_LENGTH_MULTIPLE, tokenizer_for
+    from backend.al.tokens import tokenize
+
+    texts, _ = pool
+    tokens = tokenize(tokenizer_for(encoder_path), texts[:40], 128)
+    net = FullClassifier(encoder_path, 4).eval()
+    idx = torch.arange(40)
+    for rows in (idx[:16], idx[16:40], idx[7:8]):
+        ids, mask = tokens.batch(rows, 0)
+        padded_ids, padded_mask = tokens.batch(rows, 0, GRAPH_LENGTH_MULTIPLE, 128)
+        assert padded_ids.shape[1] % GRAPH_LENGTH_MULTIPLE == 0 and padded_ids.shape[1] >= ids.shape[1]
+        assert torch.equal(padded_ids[:, :ids.shape[1]], ids) and not padded_mask[:, ids.shape[1]:].any()
+        with torch.no_grad():
+            assert torch.allclose(net(ids, mask), net(padded_ids, padded_mask), atol=1e-5)
+    # never beyond the cap, never below the longest text
+    assert tokens.batch(idx, 0, 1000, 128)[0].shape[1] == 128
+    assert tokens.batch(idx, 0, GRAPH_LENGTH_MULTIPLE, 8)[0].shape[1] == max(tokens.lengths)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_fine_tuning_from_cuda_graphs_learns_as_the_eager_steps_do(encoder_path, pool, tmp_path):
+    """Kind.graph_steps on CUDA: every step replays a captured graph; the model is as accurate as
+    the eager steps' within seed noise (its dropout masks are drawn differently)."""
+    texts, labels = pool
+    classes = sorted(set(labels))
+    truth = torch.tensor([classes.index(y) for y in labels[2000:2600]])
+    accuracy = {}
+    for graphs in (False, True):
+        learner = _learner(encoder_path, tmp_path, device="cuda")
+        learner.kind().graph_steps = graphs
+        model = learner.fit(texts[:300], labels[:300], classes)
+        assert all(torch.isfinite(v).all() for v in model.state.values())
+        net = learner.kind()._network(len(classes), None)
+        assert all(p.grad is None for p in net.parameters())
+        accuracy[graphs] = float((learner.predict_proba(model, texts[2000:2600]).argmax(1) == truth).float().mean())
+    print("accuracy, eager / graph steps:", accuracy)
+    assert accuracy[True] >= accuracy[False] - 0.05

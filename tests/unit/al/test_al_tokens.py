@@ -10,7 +10,16 @@ from transformers import AutoTokenizer
 
 from backend.al.embeddings import text_key
 from backend.al.encoder import TextEncoder
-from backend.al.tokens import TokenCache, budget_batches, from_lists, tokenize, tokenizer_identity
+from backend.al.tokens import (
+    TEXTS_PER_THREAD,
+    TokenCache,
+    budget_batches,
+    encode_ids,
+    from_lists,
+    tokenize,
+    tokenizer_identity,
+    tokenizing_threads,
+)
 
 TEXTS = ["stocks fell sharply today", "the team won the cup final after a long and tiring season", "a",
          "stocks fell sharply today", "new chip doubles battery life"]
@@ -85,3 +94,25 @@ def test_the_sorted_budget_pass_gives_the_per_text_embeddings(tiny_bert):
     alone = torch.cat([encoder.encode([t]) for t in TEXTS])
     assert together.shape == (5, 32) and torch.allclose(together, alone, atol=1e-5)
     assert torch.equal(together[0], together[3])
+
+
+@pytest.mark.parametrize("threads", [1, 3, 7])
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_threaded_ids_equal_the_wrappers_in_order_and_leave_it_untouched(tiny_bert, threads, side):
+    tok = AutoTokenizer.from_pretrained(tiny_bert)
+    tok.truncation_side = side
+    texts = [f"{t} {i} " * (i % 4 + 1) for i, t in enumerate(TEXTS * 4)]
+    for max_length in (6, 64):
+        expected = tok(texts, truncation=True, max_length=max_length)["input_ids"]
+        assert encode_ids(tok, texts, max_length, threads=threads) == expected
+    # The wrapper's own backend keeps its settings: padding asked of it still pads.
+    padded = tok(TEXTS[:3], padding="max_length", truncation=True, max_length=12)["input_ids"]
+    assert [len(x) for x in padded] == [12, 12, 12]
+    assert encode_ids(tok, TEXTS[:3], 64, threads=threads) == tok(TEXTS[:3])["input_ids"]
+
+
+def test_tokenizing_threads_are_one_per_core_with_enough_texts_each(monkeypatch):
+    monkeypatch.setattr("os.sched_getaffinity", lambda _pid: set(range(16)))
+    assert tokenizing_threads(0) == 1 and tokenizing_threads(TEXTS_PER_THREAD - 1) == 1
+    assert tokenizing_threads(3 * TEXTS_PER_THREAD) == 3
+    assert tokenizing_threads(1_000_000) == 16
