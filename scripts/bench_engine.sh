@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The engine's benchmarks: label efficiency on AG News, TREC-6 and CLINC150 against random and the
 # plain reference loop (logistic regression + margin, top-k), then on five data sets of other shapes
-# (scripts/make_shapes.py), then scoring speed.
+# (scripts/make_shapes.py), then scoring and tokenizing speed.
 #   scripts/bench_engine.sh [OUT_DIR]        (default runs/bench; several hours on 2 CPU cores:
 #   scripts/bench_labels.sh runs the same simulations in parallel, one process per strategy)
 # Needs ../shared/data (AG News, TREC-6, CLINC150). Embeddings are cached in data/embeddings.
@@ -30,3 +30,4 @@ for shape in binary rare long trec50 clinc30; do
         --out "$out/shapes/$shape" | tee "$out/shapes-$shape.log"
 done
 [ "${SKIP_SCORING:-0}" = 1 ] || $py scripts/bench_scoring.py --pool "$data/agnews/pool.tsv" | tee "$out/scoring.log"
+$py scripts/bench_tokenize.py --data-dir "$data" | tee "$out/tokenize.log"

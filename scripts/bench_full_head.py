@@ -75,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--test-rows", type=int, default=1000)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--encoder", default=EngineConfig().encoder)
+    p.add_argument("--data-dir", default=str(DATA), help="the datasets' folder (../shared/data)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     base_training = full.TRAINING
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     heads = variants or args.heads.split(",")
     results: dict[tuple[str, int, str, int], float] = {}
     for name in args.datasets.split(","):
-        (pool_texts, pool_labels), (test_texts, test_labels) = load_split(DATA, name)
+        (pool_texts, pool_labels), (test_texts, test_labels) = load_split(Path(args.data_dir), name)
         classes = sorted(set(pool_labels))
         for n in [int(x) for x in args.labels.split(",")]:
             for seed in [int(x) for x in args.seeds.split(",")]:

@@ -7,6 +7,7 @@
 #   bash scripts/gpu_session.sh speed $OUT        # 1: scripts/bench_gpu.py on the 10k AG News pool + the GPU tests
 #   bash scripts/gpu_session.sh labels $OUT agnews trec6  # 2: MODEL_MODE=auto (full on CUDA) against random, budget 500
 #   bash scripts/gpu_session.sh baal $OUT         # 3: bench/baal_gpu.sh, the real BaaL beside ours (needs .gpu/site)
+#   bash scripts/gpu_session.sh learners $OUT     # 4: bench_setfit.py and bench_full_head.py on random labels
 #
 # `labels` runs one process per (dataset, strategy, seed) side by side on the one GPU, MAX_PROCS (8)
 # at a time (each holds up to 8 GB of its memory; 12 at once ran an 80 GB card out): STRATEGIES ("default
@@ -21,7 +22,7 @@
 # explicit dtype (the engine does; fp16 weights fine-tune to NaN).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-part="${1:?usage: scripts/gpu_session.sh prepare | speed OUT | labels OUT DATASET... | baal OUT}"
+part="${1:?usage: scripts/gpu_session.sh prepare | speed OUT | labels OUT DATASET... | learners OUT | baal OUT}"
 PY="${PYTHON:-$(command -v python3 || command -v python)}"
 
 case "$part" in
@@ -101,6 +102,16 @@ labels)
         tar -czf "$back/labels-$ds.tgz" -C /tmp/gpu-session "labels-$ds"
     done
     ;;
+learners)
+    # the learners under the loop, on seeded random labels: SetFit-style tuning and full fine-tunes
+    back="${2:?usage: scripts/gpu_session.sh learners OUT}"
+    mkdir -p "$back"
+    seeds="${LEARNER_SEEDS:-0,1,2,3,4,5}"
+    timeout 270 "$PY" scripts/bench_setfit.py --encoder .gpu/minilm --data-dir .gpu/data --device cuda \
+        --datasets agnews,trec6 --labels 40,100 --seeds "$seeds" 2>&1 | grep -v "it/s]" | tee "$back/setfit.log"
+    timeout 270 "$PY" scripts/bench_full_head.py --encoder .gpu/minilm --data-dir .gpu/data \
+        --datasets agnews,trec6 --labels 40,100 --seeds "$seeds" 2>&1 | grep -v "it/s]" | tee "$back/full_head.log"
+    ;;
 baal)
     back="${2:?usage: scripts/gpu_session.sh baal OUT}"
     mkdir -p "$back"
@@ -108,7 +119,7 @@ baal)
     tar -czf "$back/baal-gpu.tgz" -C /tmp/gpu-session baal-gpu
     ;;
 *)
-    echo "unknown part $part: prepare, speed, labels or baal" >&2
+    echo "unknown part $part: prepare, speed, labels, learners or baal" >&2
     exit 2
     ;;
 esac
