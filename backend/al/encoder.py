@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from backend.al.tokens import TokenCache, budget_batches, token_budget, tokenize, tokenizer_identity
+from backend.al.tokens import TokenCache, Tokens, budget_batches, token_budget, tokenize, tokenizer_identity
 
 DEFAULT_ENCODER = "all-MiniLM-L6-v2"
 _PACKAGED_NAMES = {DEFAULT_ENCODER, "sentence-transformers/all-MiniLM-L6-v2"}
@@ -96,23 +96,34 @@ class TextEncoder:
     def __repr__(self) -> str:
         return f"TextEncoder(name={self.name!r}, dim={self.dim}, max_length={self.max_length}, device={self.device})"
 
-    @torch.inference_mode()
     def encode(self, texts: Sequence[str], progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
         """Embeddings for texts, one plain deterministic pass. -> (N, D) float32 on CPU."""
         tokens = tokenize(self.tokenizer, texts, self.max_length, self.tokens).to(self.device)
-        out = torch.empty(len(texts), self.dim, device=self.device)
-        pad = self.tokenizer.pad_token_id or 0
-        done = 0
-        # Longest first, each batch filled to the device's token budget: little padding, few passes.
-        for idx in budget_batches(tokens.lengths, token_budget(self.device)):
-            ids, mask = tokens.batch(idx, pad)
-            with _autocast(self.device, self.bf16):
-                hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
-            out[idx.to(self.device)] = F.normalize(mean_pool(hidden.float(), mask), dim=-1)
-            done += len(idx)
-            if progress:
-                progress(done, len(texts))
-        return out.cpu()
+        return encode_tokens(self.model, tokens, self.tokenizer.pad_token_id or 0, self.bf16, progress)
+
+
+@torch.inference_mode()
+def encode_tokens(model: torch.nn.Module, tokens: Tokens, pad: int, bf16: bool = True,
+                  progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
+    """Normalised mean-pooled embeddings (N, D) float32 on the host of tokenized texts (on the
+    model's device), one plain deterministic pass in eval mode; ``bf16``: autocast on a CPU with
+    native bf16 (on CUDA the caller chooses the weights' dtype)."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    out = torch.empty(len(tokens), int(model.config.hidden_size), device=device)
+    done = 0
+    # Longest first, each batch filled to the device's token budget: little padding, few passes.
+    for idx in budget_batches(tokens.lengths, token_budget(device)):
+        ids, mask = tokens.batch(idx, pad)
+        with _autocast(device, bf16):
+            hidden = model(input_ids=ids, attention_mask=mask).last_hidden_state
+        out[idx.to(device)] = F.normalize(mean_pool(hidden.float(), mask), dim=-1)
+        done += len(idx)
+        if progress:
+            progress(done, len(tokens))
+    model.train(was_training)
+    return out.cpu()
 
 
 def encoder_identity(name: str, path: str, max_length: int) -> str:

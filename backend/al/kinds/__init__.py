@@ -17,6 +17,7 @@ KINDS: dict[str, str] = {
     "full": "backend.al.kinds.full",  # the whole transformer fine-tuned, MC dropout throughout
     "linear": "backend.al.kinds.linear",  # frozen encoder + logistic regression, Laplace posterior
     "reference": "backend.al.kinds.reference",  # the plain baseline: logistic regression, C = 1, no posterior
+    "setfit": "backend.al.kinds.setfit",  # encoder tuned on pairs of the labels (SetFit), then ``linear`` on it
 }
 
 AUTO = "auto"
