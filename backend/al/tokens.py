@@ -192,8 +192,9 @@ def encode_ids(tokenizer, texts: list[str], max_length: int, threads: int | None
     A fast tokenizer runs on a private copy of its Rust tokenizer, set up once per max_length,
     in chunks on short-lived threads (it releases the GIL while it encodes). The Rust thread
     pool stays off (``TOKENIZERS_PARALLELISM=false``), so a forked RQ work-horse never inherits
-    a used one; threads give the same speed (AG News 10k on 2 cores: 0.74 s through the Python
-    wrapper, 0.35 s on 2 threads). A tokenizer without a Rust backend goes through its wrapper.
+    a used one; threads give the same speed (AG News 10k on 2 cores: 0.64 s through the Python
+    wrapper, 0.35 s on 2 threads: scripts/bench_tokenize.py). A tokenizer without a Rust backend
+    goes through its wrapper.
     ``threads``: None for :func:`tokenizing_threads`.
     """
     backend = _backend(tokenizer, max_length)
@@ -211,19 +212,21 @@ def encode_ids(tokenizer, texts: list[str], max_length: int, threads: int | None
 
 
 def _backend(tokenizer, max_length: int):
-    """A copy of a fast tokenizer's Rust tokenizer truncating at max_length with no padding (kept
-    on the tokenizer, one per max_length), or None for a tokenizer without one. A copy: the
-    wrapper resets its own backend's truncation and padding on every call."""
+    """A copy of a fast tokenizer's Rust tokenizer truncating at max_length on the tokenizer's
+    truncation side with no padding (kept on the tokenizer, one per length and side), or None for a
+    tokenizer without one. A copy: the wrapper resets its own backend's truncation and padding on
+    every call."""
     source = getattr(tokenizer, "backend_tokenizer", None)
     if source is None or not hasattr(source, "encode_batch"):
         return None
+    key = (max_length, getattr(tokenizer, "truncation_side", "right"))
     copies = tokenizer.__dict__.setdefault("_al_backends", {})
-    if max_length not in copies:
+    if key not in copies:
         backend = copy.deepcopy(source)
         backend.no_padding()
-        backend.enable_truncation(max_length, direction=getattr(tokenizer, "truncation_side", "right"))
-        copies[max_length] = backend
-    return copies[max_length]
+        backend.enable_truncation(max_length, direction=key[1])
+        copies[key] = backend
+    return copies[key]
 
 
 def tokenize(tokenizer, texts: Sequence[str], max_length: int, cache: TokenCache | None = None) -> Tokens:

@@ -136,7 +136,7 @@ def fit(
         finally:
             if graphed:  # the gradients live in the graphs' memory: let it go with them
                 model.zero_grad(set_to_none=True)
-        if isinstance(step, GraphedSteps):
+        if graphed:
             stats["graphs"] = len(step.shapes)
         return stats
 

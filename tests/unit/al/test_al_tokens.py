@@ -109,6 +109,9 @@ def test_threaded_ids_equal_the_wrappers_in_order_and_leave_it_untouched(tiny_be
     padded = tok(TEXTS[:3], padding="max_length", truncation=True, max_length=12)["input_ids"]
     assert [len(x) for x in padded] == [12, 12, 12]
     assert encode_ids(tok, TEXTS[:3], 64, threads=threads) == tok(TEXTS[:3])["input_ids"]
+    # the side read at each call: turning it after a first call truncates on the new side
+    tok.truncation_side = "left" if side == "right" else "right"
+    assert encode_ids(tok, texts, 6, threads=threads) == tok(texts, truncation=True, max_length=6)["input_ids"]
 
 
 def test_tokenizing_threads_are_one_per_core_with_enough_texts_each(monkeypatch):
